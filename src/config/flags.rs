@@ -1,0 +1,140 @@
+//! The command-line flags. Every flag has a doc line: it is what `--help` prints.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// kcdproxy: an authenticating reverse proxy for Exchange and SharePoint with Kerberos
+/// constrained delegation. Configured entirely with these flags.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "kcdproxy", version, about, long_about = None)]
+pub struct Flags {
+    /// Plain-HTTP listener address (repeatable), e.g. 0.0.0.0:80 or [::]:8080.
+    #[arg(long = "listen", value_name = "ADDR")]
+    pub listen: Vec<String>,
+
+    /// TLS listener address (repeatable), e.g. 0.0.0.0:443. Needs --tls-cert/--tls-key.
+    #[arg(long = "listen-tls", value_name = "ADDR")]
+    pub listen_tls: Vec<String>,
+
+    /// PEM certificate chain for TLS listeners (repeatable, paired in order with --tls-key).
+    /// With several, the one whose names match the client's SNI is served; the first is the default.
+    #[arg(long = "tls-cert", value_name = "PEM")]
+    pub tls_cert: Vec<PathBuf>,
+
+    /// PEM private key for the --tls-cert at the same position (repeatable).
+    #[arg(long = "tls-key", value_name = "PEM")]
+    pub tls_key: Vec<PathBuf>,
+
+    /// A route (repeatable): `[HOST]/PATH-PREFIX=BACKEND[,BACKEND...][;option=value...]`.
+    /// BACKEND is http://host:port or https://host:port. The longest matching prefix wins; a
+    /// route with a host is preferred over one without. Example: `mail.example.com/owa=https://10.0.0.5`.
+    #[arg(long = "route", value_name = "ROUTE")]
+    pub route: Vec<String>,
+
+    /// PEM file of CA certificates trusted for https:// backends (default: none, so https
+    /// backends need this flag).
+    #[arg(long = "backend-ca", value_name = "PEM")]
+    pub backend_ca: Option<PathBuf>,
+
+    /// Number of worker threads, one per core (default: the number of CPUs available).
+    #[arg(long = "workers", value_name = "N")]
+    pub workers: Option<usize>,
+
+    /// Pin workers to these CPUs, in order (comma list, ranges allowed: 0,2-3). Default: pin
+    /// worker i to the i-th CPU of the process's affinity mask.
+    #[arg(long = "cpus", value_name = "LIST")]
+    pub cpus: Option<String>,
+
+    /// Do not pin workers to CPUs.
+    #[arg(long = "no-pin")]
+    pub no_pin: bool,
+
+    /// Time a client has to send a complete request head, from its first byte.
+    #[arg(
+        long = "header-timeout",
+        value_name = "DURATION",
+        default_value = "10s"
+    )]
+    pub header_timeout: String,
+
+    /// Time an idle keep-alive client connection is kept open between requests. Also the
+    /// longest a client may stall while sending a body.
+    #[arg(
+        long = "client-idle-timeout",
+        value_name = "DURATION",
+        default_value = "75s"
+    )]
+    pub client_idle_timeout: String,
+
+    /// Time to establish a backend TCP (and TLS) connection.
+    #[arg(
+        long = "backend-connect-timeout",
+        value_name = "DURATION",
+        default_value = "5s"
+    )]
+    pub backend_connect_timeout: String,
+
+    /// Time the backend may take to start a response, or stall while sending one.
+    #[arg(
+        long = "backend-timeout",
+        value_name = "DURATION",
+        default_value = "120s"
+    )]
+    pub backend_timeout: String,
+
+    /// Time an idle pooled backend connection is kept for reuse.
+    #[arg(
+        long = "backend-idle-timeout",
+        value_name = "DURATION",
+        default_value = "30s"
+    )]
+    pub backend_idle_timeout: String,
+
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish before exit.
+    #[arg(long = "drain-timeout", value_name = "DURATION", default_value = "30s")]
+    pub drain_timeout: String,
+
+    /// Largest request head accepted (request line + headers), in bytes. Larger → 431
+    /// (or 414 when the request line alone is too long). At least 64 KiB by default so a 32 KB
+    /// Kerberos Authorization header fits.
+    #[arg(
+        long = "max-header-bytes",
+        value_name = "BYTES",
+        default_value_t = 65536
+    )]
+    pub max_header_bytes: usize,
+
+    /// Largest number of headers in a request or response head.
+    #[arg(long = "max-headers", value_name = "N", default_value_t = 128)]
+    pub max_headers: usize,
+
+    /// Most client connections open at once, over all workers; beyond it new connections are
+    /// closed at accept.
+    #[arg(long = "max-connections", value_name = "N", default_value_t = 65536)]
+    pub max_connections: usize,
+
+    /// Idle backend connections kept per worker and backend.
+    #[arg(long = "backend-pool-size", value_name = "N", default_value_t = 64)]
+    pub backend_pool_size: usize,
+
+    /// Access log destination: a file path, `stdout`, `stderr`, or `off`.
+    #[arg(long = "access-log", value_name = "DEST", default_value = "stdout")]
+    pub access_log: String,
+
+    /// Access log line format: `text` (key=value) or `json`.
+    #[arg(
+        long = "access-log-format",
+        value_name = "FORMAT",
+        default_value = "text"
+    )]
+    pub access_log_format: String,
+
+    /// Diagnostic log filter (tracing EnvFilter syntax), written to stderr.
+    #[arg(long = "log-level", value_name = "FILTER", default_value = "info")]
+    pub log_level: String,
+
+    /// Validate the configuration (flags, files, certificates), report every problem, and exit.
+    #[arg(long = "check-config")]
+    pub check_config: bool,
+}

@@ -1,0 +1,357 @@
+//! Configuration: command-line flags → a validated [`Config`].
+//!
+//! Validation collects *every* problem before failing, so an operator fixes a command line in
+//! one pass (`--check-config` prints them all and exits non-zero).
+
+pub mod flags;
+pub mod route;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use flags::Flags;
+pub use route::{Backend, Route, RouteTable, Scheme};
+
+/// Where access-log lines go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AccessLogDest {
+    Off,
+    Stdout,
+    Stderr,
+    File(PathBuf),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    Text,
+    Json,
+}
+
+/// A listener address and whether it speaks TLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listener {
+    pub addr: SocketAddr,
+    pub tls: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Timeouts {
+    pub header: Duration,
+    pub client_idle: Duration,
+    pub backend_connect: Duration,
+    pub backend: Duration,
+    pub backend_idle: Duration,
+    pub drain: Duration,
+}
+
+/// The validated configuration every worker reads (shared read-only).
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listeners: Vec<Listener>,
+    /// (certificate chain PEM, private key PEM) pairs; the first is the default for SNI.
+    pub tls_certs: Vec<(PathBuf, PathBuf)>,
+    pub routes: RouteTable,
+    pub backend_ca: Option<PathBuf>,
+    pub workers: usize,
+    /// CPU for each worker, or empty for no pinning.
+    pub cpus: Vec<usize>,
+    pub timeouts: Timeouts,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_connections: usize,
+    pub backend_pool_size: usize,
+    pub access_log: AccessLogDest,
+    pub access_log_format: AccessLogFormat,
+    pub log_level: String,
+}
+
+impl Config {
+    /// Validates `flags`, reporting every problem found.
+    pub fn from_flags(f: &Flags) -> Result<Config, Vec<String>> {
+        let mut errs = Vec::new();
+
+        let mut listeners = Vec::new();
+        for (list, tls) in [(&f.listen, false), (&f.listen_tls, true)] {
+            for a in list {
+                match a.parse::<SocketAddr>() {
+                    Ok(addr) => listeners.push(Listener { addr, tls }),
+                    Err(_) => errs.push(format!(
+                        "listener `{a}`: expected IP:PORT, e.g. 0.0.0.0:8080"
+                    )),
+                }
+            }
+        }
+        if listeners.is_empty() {
+            errs.push("no listener: give at least one --listen or --listen-tls".into());
+        }
+
+        if f.tls_cert.len() != f.tls_key.len() {
+            errs.push(format!(
+                "--tls-cert given {} times but --tls-key {} times: they pair up in order",
+                f.tls_cert.len(),
+                f.tls_key.len()
+            ));
+        }
+        let tls_certs: Vec<_> = f
+            .tls_cert
+            .iter()
+            .cloned()
+            .zip(f.tls_key.iter().cloned())
+            .collect();
+        if !f.listen_tls.is_empty() && tls_certs.is_empty() {
+            errs.push("--listen-tls needs at least one --tls-cert/--tls-key pair".into());
+        }
+        for (c, k) in &tls_certs {
+            for p in [c, k] {
+                if let Err(e) = std::fs::metadata(p) {
+                    errs.push(format!("cannot read `{}`: {e}", p.display()));
+                }
+            }
+        }
+        if let Some(ca) = &f.backend_ca {
+            if let Err(e) = std::fs::metadata(ca) {
+                errs.push(format!("--backend-ca `{}`: {e}", ca.display()));
+            }
+        }
+
+        let mut routes = Vec::new();
+        for r in &f.route {
+            match route::parse_route(r) {
+                Ok(r) => routes.push(r),
+                Err(e) => errs.push(e),
+            }
+        }
+        if f.route.is_empty() {
+            errs.push("no route: give at least one --route /=http://HOST:PORT".into());
+        }
+        if f.backend_ca.is_none()
+            && routes
+                .iter()
+                .flat_map(|r| &r.backends)
+                .any(|b| b.scheme == Scheme::Https)
+        {
+            errs.push(
+                "an https:// backend needs --backend-ca (the CA that signed its certificate)"
+                    .into(),
+            );
+        }
+
+        let available = available_cpus();
+        let workers = match f.workers {
+            Some(0) => {
+                errs.push("--workers must be at least 1".into());
+                1
+            }
+            Some(n) => n,
+            None => available.len().max(1),
+        };
+        let cpus = if f.no_pin {
+            Vec::new()
+        } else if let Some(list) = &f.cpus {
+            match parse_cpu_list(list) {
+                Ok(c) if c.len() >= workers => c[..workers].to_vec(),
+                Ok(c) => {
+                    errs.push(format!(
+                        "--cpus lists {} CPUs for {workers} workers",
+                        c.len()
+                    ));
+                    Vec::new()
+                }
+                Err(e) => {
+                    errs.push(e);
+                    Vec::new()
+                }
+            }
+        } else {
+            // Default: worker i on the i-th allowed CPU, wrapping when there are more workers.
+            (0..workers)
+                .map(|i| available[i % available.len().max(1)])
+                .collect()
+        };
+
+        let mut dur = |name: &str, v: &str| match parse_duration(v) {
+            Ok(d) => d,
+            Err(e) => {
+                errs.push(format!("--{name} `{v}`: {e}"));
+                Duration::from_secs(1)
+            }
+        };
+        let timeouts = Timeouts {
+            header: dur("header-timeout", &f.header_timeout),
+            client_idle: dur("client-idle-timeout", &f.client_idle_timeout),
+            backend_connect: dur("backend-connect-timeout", &f.backend_connect_timeout),
+            backend: dur("backend-timeout", &f.backend_timeout),
+            backend_idle: dur("backend-idle-timeout", &f.backend_idle_timeout),
+            drain: dur("drain-timeout", &f.drain_timeout),
+        };
+
+        if f.max_header_bytes < 1024 {
+            errs.push("--max-header-bytes must be at least 1024".into());
+        }
+        if f.max_headers == 0 {
+            errs.push("--max-headers must be at least 1".into());
+        }
+        if f.max_connections == 0 {
+            errs.push("--max-connections must be at least 1".into());
+        }
+
+        let access_log = match f.access_log.as_str() {
+            "off" => AccessLogDest::Off,
+            "stdout" | "-" => AccessLogDest::Stdout,
+            "stderr" => AccessLogDest::Stderr,
+            p => AccessLogDest::File(PathBuf::from(p)),
+        };
+        let access_log_format = match f.access_log_format.as_str() {
+            "text" => AccessLogFormat::Text,
+            "json" => AccessLogFormat::Json,
+            other => {
+                errs.push(format!(
+                    "--access-log-format `{other}`: expected text or json"
+                ));
+                AccessLogFormat::Text
+            }
+        };
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&f.log_level) {
+            errs.push(format!("--log-level `{}`: {e}", f.log_level));
+        }
+
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+        Ok(Config {
+            listeners,
+            tls_certs,
+            routes: RouteTable::new(routes),
+            backend_ca: f.backend_ca.clone(),
+            workers,
+            cpus,
+            timeouts,
+            max_header_bytes: f.max_header_bytes,
+            max_headers: f.max_headers,
+            max_connections: f.max_connections,
+            backend_pool_size: f.backend_pool_size,
+            access_log,
+            access_log_format,
+            log_level: f.log_level.clone(),
+        })
+    }
+}
+
+/// Parses `10s`, `500ms`, `2m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| "expected a number with a unit: 500ms, 10s, 2m, 1h".to_string())?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        u => return Err(format!("unknown unit `{u}`: use ms, s, m or h")),
+    };
+    if !(secs > 0.0 && secs < 86_400.0 * 365.0) {
+        return Err("must be positive and less than a year".into());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses `0,2-3` into [0, 2, 3].
+pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || format!("--cpus `{s}`: expected a list like 0,2-3");
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) =
+                    (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                if a > b {
+                    return Err(bad());
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(part.parse().map_err(|_| bad())?),
+        }
+    }
+    if out.is_empty() {
+        return Err(format!("--cpus `{s}`: empty"));
+    }
+    Ok(out)
+}
+
+/// The CPUs this process may run on (its affinity mask), in order.
+pub fn available_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity writes at most size_of::<cpu_set_t>()
+    // bytes into it, and CPU_ISSET only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        for bad in ["", "x", "10x", "0s", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("0,2-3").unwrap(), vec![0, 2, 3]);
+        assert!(parse_cpu_list("3-1").is_err());
+        assert!(parse_cpu_list("a").is_err());
+    }
+
+    #[test]
+    fn every_error_is_reported() {
+        let f = Flags::parse_from([
+            "kcdproxy",
+            "--listen",
+            "nope",
+            "--listen-tls",
+            "127.0.0.1:1",
+            "--route",
+            "bad",
+            "--header-timeout",
+            "zz",
+            "--access-log-format",
+            "xml",
+        ]);
+        let errs = Config::from_flags(&f).unwrap_err();
+        assert!(errs.len() >= 5, "{errs:#?}");
+    }
+
+    #[test]
+    fn minimal_ok() {
+        let f = Flags::parse_from([
+            "kcdproxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--route",
+            "/=http://127.0.0.1:9",
+        ]);
+        let c = Config::from_flags(&f).unwrap();
+        assert_eq!(c.listeners.len(), 1);
+        assert!(c.workers >= 1);
+    }
+}

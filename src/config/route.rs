@@ -1,0 +1,305 @@
+//! Routes: `[HOST]/PATH-PREFIX=BACKEND[,BACKEND...][;option=value...]` and the table that picks
+//! one for a request.
+//!
+//! Matching: a route with a host is preferred over one without; among candidates the longest
+//! path prefix wins. Prefixes compare ASCII case-insensitively (IIS paths are case-insensitive
+//! and Exchange clients mix `/EWS` and `/ews`), and match on a segment boundary: `/owa` matches
+//! `/owa`, `/owa/`, `/owa?x`, not `/owax`.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+
+/// `http` or `https` to the backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+/// One backend server of a route.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Backend {
+    pub scheme: Scheme,
+    /// Host as written in the URL (used for TLS SNI and certificate verification).
+    pub host: String,
+    pub port: u16,
+    /// Resolved once at start-up.
+    pub addr: SocketAddr,
+}
+
+impl Backend {
+    /// `http://host:port` as written in logs.
+    pub fn display(&self) -> String {
+        let s = match self.scheme {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        };
+        format!("{s}://{}:{}", self.host, self.port)
+    }
+}
+
+/// Per-route options after `;`. Unknown options are configuration errors.
+#[derive(Clone, Debug, Default)]
+pub struct RouteOptions {
+    /// Send the backend's host:port as Host instead of the client's Host (`host=backend`).
+    pub rewrite_host: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Route {
+    /// Lower-case host without port; `None` matches any host.
+    pub host: Option<String>,
+    /// Path prefix, starts with `/`, stored lower-case.
+    pub prefix: String,
+    pub backends: Vec<Backend>,
+    pub options: RouteOptions,
+    /// The route as given on the command line, for logs.
+    pub spec: String,
+}
+
+/// Parses one `--route` value.
+pub fn parse_route(spec: &str) -> Result<Route, String> {
+    let (main, opts) = match spec.split_once(';') {
+        Some((m, o)) => (m, Some(o)),
+        None => (spec, None),
+    };
+    let (lhs, rhs) = main
+        .split_once('=')
+        .ok_or_else(|| format!("route `{spec}`: expected [HOST]/PREFIX=BACKEND"))?;
+    let slash = lhs
+        .find('/')
+        .ok_or_else(|| format!("route `{spec}`: the path prefix must start with `/`"))?;
+    let host = &lhs[..slash];
+    let prefix = &lhs[slash..];
+    let host = if host.is_empty() {
+        None
+    } else {
+        if !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            return Err(format!("route `{spec}`: invalid host `{host}`"));
+        }
+        Some(host.to_ascii_lowercase())
+    };
+    if prefix
+        .bytes()
+        .any(|b| b <= b' ' || b == 0x7f || b == b'?' || b == b'#')
+    {
+        return Err(format!("route `{spec}`: invalid path prefix `{prefix}`"));
+    }
+    let mut backends = Vec::new();
+    for b in rhs.split(',') {
+        backends.push(parse_backend(b.trim()).map_err(|e| format!("route `{spec}`: {e}"))?);
+    }
+    let mut options = RouteOptions::default();
+    if let Some(opts) = opts {
+        for opt in opts.split(';').filter(|o| !o.is_empty()) {
+            let (k, v) = opt.split_once('=').unwrap_or((opt, ""));
+            match (k.trim(), v.trim()) {
+                ("host", "backend") => options.rewrite_host = true,
+                ("host", "client") => options.rewrite_host = false,
+                (k, v) => return Err(format!("route `{spec}`: unknown option `{k}={v}`")),
+            }
+        }
+    }
+    Ok(Route {
+        host,
+        prefix: prefix.to_ascii_lowercase(),
+        backends,
+        options,
+        spec: spec.to_string(),
+    })
+}
+
+/// Parses `http://host[:port]` or `https://host[:port]` (a trailing `/` is allowed) and
+/// resolves it.
+pub fn parse_backend(url: &str) -> Result<Backend, String> {
+    let (scheme, rest, default_port) = if let Some(r) = url.strip_prefix("http://") {
+        (Scheme::Http, r, 80)
+    } else if let Some(r) = url.strip_prefix("https://") {
+        (Scheme::Https, r, 443)
+    } else {
+        return Err(format!(
+            "backend `{url}` must start with http:// or https://"
+        ));
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.contains('/') {
+        return Err(format!(
+            "backend `{url}`: a path is not supported, only scheme://host:port"
+        ));
+    }
+    let (host, port) = if let Some(h) = rest.strip_prefix('[') {
+        let (h, after) = h
+            .split_once(']')
+            .ok_or_else(|| format!("backend `{url}`: bad IPv6"))?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p
+                .parse()
+                .map_err(|_| format!("backend `{url}`: bad port"))?,
+            None if after.is_empty() => default_port,
+            None => return Err(format!("backend `{url}`: bad address")),
+        };
+        (h.to_string(), port)
+    } else {
+        match rest.rsplit_once(':') {
+            Some((h, p)) => (
+                h.to_string(),
+                p.parse()
+                    .map_err(|_| format!("backend `{url}`: bad port"))?,
+            ),
+            None => (rest.to_string(), default_port),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("backend `{url}`: missing host"));
+    }
+    let addr = (host.as_str(), port)
+        .to_socket_addrs()
+        .map_err(|e| format!("backend `{url}`: cannot resolve `{host}`: {e}"))?
+        .next()
+        .ok_or_else(|| format!("backend `{url}`: `{host}` has no address"))?;
+    Ok(Backend {
+        scheme,
+        host,
+        port,
+        addr,
+    })
+}
+
+/// The routes, searchable by host and path.
+#[derive(Clone, Debug, Default)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+}
+
+impl RouteTable {
+    pub fn new(routes: Vec<Route>) -> Self {
+        RouteTable { routes }
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// Finds the route for `host` (as sent: may carry a port, any case) and `path` (the
+    /// request target's path). Returns its index.
+    pub fn find(&self, host: Option<&[u8]>, path: &[u8]) -> Option<usize> {
+        let host = host.map(strip_port);
+        let mut best: Option<(usize, bool, usize)> = None; // (index, has_host, prefix_len)
+        for (i, r) in self.routes.iter().enumerate() {
+            let host_ok = match (&r.host, host) {
+                (None, _) => true,
+                (Some(rh), Some(h)) => rh.as_bytes().eq_ignore_ascii_case(h),
+                (Some(_), None) => false,
+            };
+            if !host_ok || !prefix_matches(r.prefix.as_bytes(), path) {
+                continue;
+            }
+            let cand = (i, r.host.is_some(), r.prefix.len());
+            best = match best {
+                Some(b) if (b.1, b.2) >= (cand.1, cand.2) => Some(b),
+                _ => Some(cand),
+            };
+        }
+        best.map(|b| b.0)
+    }
+
+    pub fn get(&self, i: usize) -> &Route {
+        &self.routes[i]
+    }
+}
+
+fn strip_port(host: &[u8]) -> &[u8] {
+    if host.first() == Some(&b'[') {
+        // [v6]:port
+        return match host.iter().position(|&b| b == b']') {
+            Some(e) => &host[..=e],
+            None => host,
+        };
+    }
+    match host.iter().rposition(|&b| b == b':') {
+        Some(i) => &host[..i],
+        None => host,
+    }
+}
+
+fn prefix_matches(prefix: &[u8], path: &[u8]) -> bool {
+    if path.len() < prefix.len() || !path[..prefix.len()].eq_ignore_ascii_case(prefix) {
+        return false;
+    }
+    if prefix.last() == Some(&b'/') || path.len() == prefix.len() {
+        return true;
+    }
+    matches!(path[prefix.len()], b'/' | b'?')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(specs: &[&str]) -> RouteTable {
+        RouteTable::new(specs.iter().map(|s| parse_route(s).unwrap()).collect())
+    }
+
+    #[test]
+    fn longest_prefix_and_host_preference() {
+        let t = table(&[
+            "/=http://127.0.0.1:1",
+            "/owa=http://127.0.0.1:2",
+            "/owa/auth=http://127.0.0.1:3",
+            "mail.example.test/=http://127.0.0.1:4",
+        ]);
+        let cases: &[(Option<&str>, &str, usize)] = &[
+            (None, "/", 0),
+            (None, "/x", 0),
+            (None, "/owa", 1),
+            (None, "/OWA/", 1),
+            (None, "/owa?x=1", 1),
+            (None, "/owax", 0),
+            (None, "/owa/auth/logon.aspx", 2),
+            (Some("mail.example.test"), "/owa", 3),
+            (Some("MAIL.example.test:443"), "/", 3),
+            (Some("other"), "/owa", 1),
+        ];
+        for (h, p, want) in cases {
+            assert_eq!(
+                t.find(h.map(str::as_bytes), p.as_bytes()),
+                Some(*want),
+                "{h:?} {p}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_match() {
+        let t = table(&["/ews=http://127.0.0.1:1"]);
+        assert_eq!(t.find(None, b"/owa"), None);
+    }
+
+    #[test]
+    fn parse_errors() {
+        for bad in [
+            "/x",
+            "x=http://127.0.0.1:1",
+            "/=ftp://127.0.0.1",
+            "/=http://127.0.0.1:99999",
+            "/=http://127.0.0.1:1/path",
+            "/=http://127.0.0.1:1;bogus=1",
+            "ho st/=http://127.0.0.1:1",
+        ] {
+            assert!(parse_route(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn parse_backends() {
+        let r =
+            parse_route("h.test/a=http://127.0.0.1:8080,https://[::1]:8443/;host=backend").unwrap();
+        assert_eq!(r.host.as_deref(), Some("h.test"));
+        assert_eq!(r.backends[0].port, 8080);
+        assert_eq!(r.backends[1].scheme, Scheme::Https);
+        assert_eq!(r.backends[1].host, "::1");
+        assert!(r.options.rewrite_host);
+    }
+}

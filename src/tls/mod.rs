@@ -1,0 +1,1 @@
+//! TLS with rustls over the owned-buffer I/O trait.
