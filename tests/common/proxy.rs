@@ -1,0 +1,410 @@
+//! Starts the proxy binary (`CARGO_BIN_EXE_kcdproxy`) for one test, waits until it listens,
+//! and reads its access log; the process is killed when the [`Proxy`] is dropped.
+//!
+//! The launcher adds `--listen 127.0.0.1:PORT` (a free port: every worker binds its own
+//! SO_REUSEPORT socket, so port 0 cannot work), `--workers 2`, and a text access log in the test's
+//! temporary directory, unless the caller gave those flags. Stdout and stderr go to files there;
+//! when a test fails, dropping the proxy prints the end of both and of the access log.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use super::certs::CertPair;
+use super::client::Client;
+use super::{free_port, local, poll_until, TempDir};
+
+/// How long the proxy may take to listen after being spawned.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a start is retried when the chosen port was taken meanwhile.
+const PORT_RETRIES: usize = 3;
+
+/// A running proxy process.
+pub struct Proxy {
+    child: Child,
+    port: u16,
+    tls_port: Option<u16>,
+    dir: TempDir,
+    access_log: PathBuf,
+    stderr: PathBuf,
+    stdout: PathBuf,
+    exit: Option<ExitStatus>,
+}
+
+impl Proxy {
+    /// Starts the proxy with `args` (routes, timeouts…) and a plain listener; panics with its
+    /// stderr if it does not come up.
+    pub fn start(args: &[&str]) -> Proxy {
+        Proxy::try_start(args, &[]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`Proxy::start`], plus a TLS listener serving `certs` (first = default for SNI).
+    pub fn start_tls(args: &[&str], certs: &[&CertPair]) -> Proxy {
+        Proxy::try_start(args, certs).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts the proxy; Err describes why it is not listening (exit status, stderr).
+    pub fn try_start(args: &[&str], certs: &[&CertPair]) -> Result<Proxy, String> {
+        let mut last = String::new();
+        for _ in 0..PORT_RETRIES {
+            match Proxy::spawn_once(args, certs) {
+                Ok(p) => return Ok(p),
+                Err((msg, port_taken)) => {
+                    last = msg;
+                    if !port_taken {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Err((message, whether the failure looks like a port someone else took)).
+    fn spawn_once(args: &[&str], certs: &[&CertPair]) -> Result<Proxy, (String, bool)> {
+        let dir = TempDir::new("proxy");
+        let access_log = dir.join("access.log");
+        let stderr = dir.join("stderr.log");
+        let stdout = dir.join("stdout.log");
+        let port = free_port();
+        let has = |flag: &str| args.iter().any(|a| *a == flag);
+
+        let mut full: Vec<String> = vec!["--listen".into(), format!("127.0.0.1:{port}")];
+        let tls_port = if certs.is_empty() {
+            None
+        } else {
+            let p = free_port();
+            full.extend(["--listen-tls".into(), format!("127.0.0.1:{p}")]);
+            for c in certs {
+                full.extend([
+                    "--tls-cert".into(),
+                    c.cert.display().to_string(),
+                    "--tls-key".into(),
+                    c.key.display().to_string(),
+                ]);
+            }
+            Some(p)
+        };
+        if !has("--workers") {
+            full.extend(["--workers".into(), "2".into()]);
+        }
+        if !has("--access-log") {
+            full.extend(["--access-log".into(), access_log.display().to_string()]);
+        }
+        if !has("--access-log-format") {
+            full.extend(["--access-log-format".into(), "text".into()]);
+        }
+        full.extend(args.iter().map(|a| a.to_string()));
+
+        let create =
+            |p: &PathBuf| File::create(p).map_err(|e| (format!("create {p:?}: {e}"), false));
+        let child = Command::new(env!("CARGO_BIN_EXE_kcdproxy"))
+            .args(&full)
+            .stdin(Stdio::null())
+            .stdout(create(&stdout)?)
+            .stderr(create(&stderr)?)
+            .spawn()
+            .map_err(|e| (format!("spawn kcdproxy: {e}"), false))?;
+        let mut proxy = Proxy {
+            child,
+            port,
+            tls_port,
+            dir,
+            access_log,
+            stderr,
+            stdout,
+            exit: None,
+        };
+
+        let ports: Vec<u16> = std::iter::once(port).chain(tls_port).collect();
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut ready = vec![false; ports.len()];
+        loop {
+            for (i, p) in ports.iter().enumerate() {
+                if !ready[i] {
+                    ready[i] = std::net::TcpStream::connect_timeout(
+                        &local(*p),
+                        Duration::from_millis(200),
+                    )
+                    .is_ok();
+                }
+            }
+            if ready.iter().all(|r| *r) {
+                return Ok(proxy);
+            }
+            if let Some(status) = proxy.try_exit() {
+                let err = proxy.stderr();
+                let taken = err.contains("in use") || err.contains("AddrInUse");
+                return Err((
+                    format!(
+                        "kcdproxy exited ({status}) before listening on {ports:?}\n\
+                         args: {full:?}\n--- stderr ---\n{err}\n--- stdout ---\n{}",
+                        proxy.stdout()
+                    ),
+                    taken,
+                ));
+            }
+            if Instant::now() >= deadline {
+                return Err((
+                    format!(
+                        "kcdproxy is running but not listening on {ports:?} after \
+                         {READY_TIMEOUT:?}\nargs: {full:?}\n--- stderr ---\n{}",
+                        proxy.stderr()
+                    ),
+                    false,
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The plain listener's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The TLS listener's port (panics if started without certificates).
+    pub fn tls_port(&self) -> u16 {
+        self.tls_port.expect("proxy started without a TLS listener")
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// A new client connection to the plain listener.
+    pub fn client(&self) -> Client {
+        Client::connect(self.port)
+    }
+
+    /// The test's temporary directory (holds the logs).
+    pub fn dir(&self) -> &TempDir {
+        &self.dir
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM (graceful shutdown); panics if the process already exited.
+    pub fn stop_sigterm(&mut self) {
+        assert!(
+            self.try_exit().is_none(),
+            "kcdproxy exited ({:?}) before SIGTERM\n--- stderr ---\n{}",
+            self.exit,
+            self.stderr()
+        );
+        // SAFETY: kill(2) touches no memory of ours. The pid is our child and has not been
+        // reaped (try_exit just saw it running), so it cannot name another process.
+        let rc = unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill(SIGTERM): {}", std::io::Error::last_os_error());
+    }
+
+    /// The exit status if the process has exited.
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        if self.exit.is_none() {
+            self.exit = self.child.try_wait().ok().flatten();
+        }
+        self.exit
+    }
+
+    /// Waits up to `timeout` for the process to exit; panics if it does not.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let ok = poll_until(timeout, || self.try_exit().is_some());
+        assert!(
+            ok,
+            "kcdproxy still running {timeout:?} after being asked to stop\n--- stderr ---\n{}",
+            self.stderr()
+        );
+        self.exit.expect("exit status")
+    }
+
+    /// Complete lines of the access log so far.
+    pub fn access_log(&self) -> Vec<String> {
+        let text = std::fs::read_to_string(&self.access_log).unwrap_or_default();
+        let complete = match text.rfind('\n') {
+            Some(i) => &text[..i],
+            None => "",
+        };
+        complete
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(String::from)
+            .collect()
+    }
+
+    /// The access log, parsed; panics on a line that is not `key=value …`.
+    pub fn log_lines(&self) -> Vec<LogLine> {
+        self.access_log()
+            .iter()
+            .map(|l| LogLine::parse(l).unwrap_or_else(|e| panic!("access log line {l:?}: {e}")))
+            .collect()
+    }
+
+    /// Waits up to `timeout` for an access-log line matching `pred`; panics listing the log if
+    /// none comes.
+    pub fn wait_log_line(&self, timeout: Duration, pred: impl Fn(&LogLine) -> bool) -> LogLine {
+        let mut found = None;
+        poll_until(timeout, || {
+            found = self.log_lines().into_iter().find(|l| pred(l));
+            found.is_some()
+        });
+        found.unwrap_or_else(|| {
+            panic!(
+                "no matching access-log line within {timeout:?}; the log has:\n{}",
+                self.access_log().join("\n")
+            )
+        })
+    }
+
+    /// Waits for the access-log line of the request to `path` (query ignored).
+    pub fn wait_log_path(&self, path: &str) -> LogLine {
+        self.wait_log_line(Duration::from_secs(3), |l| l.path() == Some(path))
+    }
+
+    /// Current resident set size, KiB (VmRSS).
+    pub fn rss_kib(&self) -> u64 {
+        self.proc_status_kib("VmRSS:")
+    }
+
+    /// Peak resident set size, KiB (VmHWM).
+    pub fn peak_rss_kib(&self) -> u64 {
+        self.proc_status_kib("VmHWM:")
+    }
+
+    fn proc_status_kib(&self, key: &str) -> u64 {
+        let path = format!("/proc/{}/status", self.pid());
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {path}"))
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if self.try_exit().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            let tail = |s: String, n: usize| {
+                let lines: Vec<&str> = s.lines().collect();
+                lines[lines.len().saturating_sub(n)..].join("\n")
+            };
+            eprintln!(
+                "--- kcdproxy on port {} (exit: {:?}) stderr (tail) ---\n{}\n--- access log (tail) ---\n{}",
+                self.port,
+                self.exit,
+                tail(self.stderr(), 40),
+                tail(self.access_log().join("\n"), 20),
+            );
+        }
+    }
+}
+
+/// One access-log line in the text format: `key=value` pairs separated by spaces; a value with
+/// spaces is double-quoted (with `\"` and `\\` escapes).
+#[derive(Clone, Debug)]
+pub struct LogLine {
+    pub raw: String,
+    pub fields: Vec<(String, String)>,
+}
+
+impl LogLine {
+    pub fn parse(line: &str) -> Result<LogLine, String> {
+        let mut fields = Vec::new();
+        let b = line.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b' ' {
+                i += 1;
+                continue;
+            }
+            let key_start = i;
+            while i < b.len() && b[i] != b'=' && b[i] != b' ' {
+                i += 1;
+            }
+            if i >= b.len() || b[i] != b'=' {
+                return Err(format!("`{}` is not key=value", &line[key_start..i]));
+            }
+            let key = line[key_start..i].to_string();
+            i += 1;
+            let mut value = String::new();
+            if i < b.len() && b[i] == b'"' {
+                i += 1;
+                loop {
+                    match b.get(i) {
+                        None => return Err(format!("unterminated quoted value of `{key}`")),
+                        Some(b'"') => {
+                            i += 1;
+                            break;
+                        }
+                        Some(b'\\') if i + 1 < b.len() => {
+                            value.push(b[i + 1] as char);
+                            i += 2;
+                        }
+                        Some(_) => {
+                            // Copy one UTF-8 character.
+                            let ch = line[i..].chars().next().expect("char");
+                            value.push(ch);
+                            i += ch.len_utf8();
+                        }
+                    }
+                }
+            } else {
+                let start = i;
+                while i < b.len() && b[i] != b' ' {
+                    i += 1;
+                }
+                value.push_str(&line[start..i]);
+            }
+            fields.push((key, value));
+        }
+        Ok(LogLine {
+            raw: line.to_string(),
+            fields,
+        })
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        self.get("status").and_then(|s| s.parse().ok())
+    }
+
+    pub fn reason(&self) -> Option<&str> {
+        self.get("reason")
+    }
+
+    /// The logged path without any query.
+    pub fn path(&self) -> Option<&str> {
+        self.get("path").map(|p| p.split('?').next().unwrap_or(p))
+    }
+
+    /// A numeric field.
+    pub fn num(&self, key: &str) -> Option<u64> {
+        self.get(key).and_then(|v| v.parse().ok())
+    }
+
+    /// Asserts `status=` and `reason=`, showing the whole line otherwise.
+    pub fn assert_status_reason(&self, status: u16, reason: &str) {
+        assert_eq!(
+            (self.status(), self.reason()),
+            (Some(status), Some(reason)),
+            "access-log line: {}",
+            self.raw
+        );
+    }
+}
