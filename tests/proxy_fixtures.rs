@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::certs::certs;
 use common::client::{Client, Framing};
+use common::curl::curl;
 use common::echo::Echo;
 use common::proxy::{LogLine, Proxy};
 use common::{pattern, sha256_hex};
@@ -203,20 +204,6 @@ fn echo_hop_by_hop_endpoint_sends_the_headers_to_strip() {
     }
 }
 
-/// Runs curl with a bounded time; returns (exit ok, stdout, stderr).
-fn curl(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "10"])
-        .args(args)
-        .output()
-        .expect("run curl (is it installed? scripts/install-deps.sh)");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn echo_speaks_http_that_curl_understands() {
     let echo = Echo::start();
@@ -226,7 +213,7 @@ fn echo_speaks_http_that_curl_understands() {
     std::fs::write(&file, &body).unwrap();
     let url = format!("http://127.0.0.1:{}/upload", echo.port());
     let data = format!("@{}", file.display());
-    let (ok, out, err) = curl(&[
+    let cr = curl(&[
         "-v",
         "-H",
         "Expect: 100-continue",
@@ -237,29 +224,26 @@ fn echo_speaks_http_that_curl_understands() {
         &url,
         &url,
     ]);
-    assert!(ok, "{err}");
-    assert!(err.contains("HTTP/1.1 100 Continue"), "{err}");
+    assert!(cr.ok, "{}", cr.stderr);
+    assert!(cr.stderr.contains("HTTP/1.1 100 Continue"), "{}", cr.stderr);
     // Two JSON documents, one per line (the second request reused the connection).
-    let docs: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect();
-    assert_eq!(docs.len(), 2, "{out}");
+    let docs = cr.json_docs();
+    assert_eq!(docs.len(), 2, "{}", cr.stdout);
     for d in &docs {
         assert_eq!(d["body_len"], 2 << 20);
         assert_eq!(d["body_sha256"], sha256_hex(&body));
     }
-    assert_eq!(echo.connections(), 1, "{err}");
+    assert_eq!(echo.connections(), 1, "{}", cr.stderr);
 
-    let (ok, out, err) = curl(&[
+    let cr = curl(&[
         "-H",
         "Transfer-Encoding: chunked",
         "--data-binary",
         &data,
         &url,
     ]);
-    assert!(ok, "{err}");
-    let d: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(cr.ok, "{}", cr.stderr);
+    let d = &cr.json_docs()[0];
     assert_eq!(d["framing"], "chunked");
     assert_eq!(d["body_sha256"], sha256_hex(&body));
 }
@@ -271,10 +255,11 @@ fn echo_tls_mode_is_trusted_via_the_test_ca() {
     assert!(echo.url().starts_with("https://127.0.0.1:"));
     let ca = c.ca.display().to_string();
     let url = format!("{}/tls?x=1", echo.url());
-    let (ok, out, err) = curl(&["--cacert", &ca, &url, &url]);
-    assert!(ok, "{err}");
-    assert_eq!(out.lines().count(), 2, "{out}");
-    let d: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    let cr = curl(&["--cacert", &ca, &url, &url]);
+    assert!(cr.ok, "{}", cr.stderr);
+    let docs = cr.json_docs();
+    assert_eq!(docs.len(), 2, "{}", cr.stdout);
+    let d = &docs[0];
     assert_eq!(d["target"], "/tls?x=1");
     assert_eq!(echo.connections(), 1);
 
@@ -282,14 +267,14 @@ fn echo_tls_mode_is_trusted_via_the_test_ca() {
     let alt = Echo::start_tls(&c.alt);
     let resolve = format!("alt.test:{}:127.0.0.1", alt.port());
     let url = format!("https://alt.test:{}/", alt.port());
-    let (ok, _, err) = curl(&["--cacert", &ca, "--resolve", &resolve, &url]);
-    assert!(ok, "{err}");
+    let cr = curl(&["--cacert", &ca, "--resolve", &resolve, &url]);
+    assert!(cr.ok, "{}", cr.stderr);
 
     // The rogue certificate does not verify against the test CA.
     let rogue = Echo::start_tls(&c.rogue);
     let url = format!("{}/", rogue.url());
-    let (ok, _, err) = curl(&["--cacert", &ca, &url]);
-    assert!(!ok, "curl trusted the rogue certificate: {err}");
+    let cr = curl(&["--cacert", &ca, &url]);
+    assert!(!cr.ok, "curl trusted the rogue certificate: {}", cr.stderr);
 }
 
 #[test]

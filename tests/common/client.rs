@@ -141,6 +141,7 @@ pub struct Client {
 
 impl Client {
     /// Connects to 127.0.0.1:`port`, panicking with the reason on failure.
+    #[track_caller]
     pub fn connect(port: u16) -> Client {
         Client::try_connect(port).unwrap_or_else(|e| panic!("connect to 127.0.0.1:{port}: {e}"))
     }
@@ -169,6 +170,7 @@ impl Client {
     }
 
     /// Sends `bytes`; panics if the connection fails.
+    #[track_caller]
     pub fn send(&mut self, bytes: &[u8]) {
         self.try_send(bytes)
             .unwrap_or_else(|e| panic!("send {} bytes to {}: {e}", bytes.len(), self.peer));
@@ -183,6 +185,7 @@ impl Client {
 
     /// Sends a request with a Content-Length body (none if `body` is empty and the method is
     /// GET/HEAD) and reads the final response. `headers` come after `Host: kcd.test`.
+    #[track_caller]
     pub fn request(
         &mut self,
         method: &str,
@@ -205,6 +208,7 @@ impl Client {
             .unwrap_or_else(|e| panic!("{method} {target}: {e}"))
     }
 
+    #[track_caller]
     pub fn get(&mut self, target: &str) -> Response {
         self.request("GET", target, &[], b"")
     }

@@ -19,7 +19,7 @@
 //!
 //! | path | answer |
 //! | --- | --- |
-//! | anything else | the echo JSON, Content-Length |
+//! | anything else | the echo JSON, Content-Length (HEAD: the length, no body) |
 //! | `/status/N` | the echo JSON with status N (no body for 204/304) |
 //! | `/slow?ms=N` | sleeps N ms, then the echo JSON |
 //! | `/download?bytes=N[&chunked=1][&chunk=K]` | N bytes of [`pattern`], Content-Length or chunked |
@@ -655,6 +655,8 @@ fn respond<S: Stream>(c: &mut Conn<S>, req: &Request, ids: &Ids) -> io::Result<b
     } else {
         echo_json(req, ids)
     };
+    // A response to HEAD announces the length of the body it does not send.
+    let send_body = req.method != "HEAD";
     let mut head = format!(
         "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\n{}",
         reason_phrase(status),
@@ -668,7 +670,9 @@ fn respond<S: Stream>(c: &mut Conn<S>, req: &Request, ids: &Ids) -> io::Result<b
     }
     head.push_str("\r\n");
     c.write_all(head.as_bytes())?;
-    c.write_all(&body)?;
+    if send_body {
+        c.write_all(&body)?;
+    }
     c.flush()?;
     Ok(true)
 }

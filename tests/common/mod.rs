@@ -12,6 +12,7 @@
 
 pub mod certs;
 pub mod client;
+pub mod curl;
 pub mod echo;
 pub mod pattern;
 pub mod proxy;

@@ -1,4 +1,4 @@
-//! Starts the proxy binary (`CARGO_BIN_EXE_kcdproxy`) for one test, waits until it listens,
+//! Starts the proxy binary ([`binary`]) for one test, waits until it listens,
 //! and reads its access log; the process is killed when the [`Proxy`] is dropped.
 //!
 //! The launcher adds `--listen 127.0.0.1:PORT` (a free port: every worker binds its own
@@ -9,6 +9,8 @@
 use std::fs::File;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::certs::CertPair;
@@ -19,6 +21,12 @@ use super::{free_port, local, poll_until, TempDir};
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a start is retried when the chosen port was taken meanwhile.
 const PORT_RETRIES: usize = 3;
+
+/// The binary under test: the crate's `kcdproxy`, or `$KCDPROXY_ITEST_BIN` when set (to run
+/// the suite against another build, or a stand-in when checking the tests themselves).
+pub fn binary() -> String {
+    std::env::var("KCDPROXY_ITEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_kcdproxy").into())
+}
 
 /// A running proxy process.
 pub struct Proxy {
@@ -35,11 +43,13 @@ pub struct Proxy {
 impl Proxy {
     /// Starts the proxy with `args` (routes, timeouts…) and a plain listener; panics with its
     /// stderr if it does not come up.
+    #[track_caller]
     pub fn start(args: &[&str]) -> Proxy {
         Proxy::try_start(args, &[]).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Like [`Proxy::start`], plus a TLS listener serving `certs` (first = default for SNI).
+    #[track_caller]
     pub fn start_tls(args: &[&str], certs: &[&CertPair]) -> Proxy {
         Proxy::try_start(args, certs).unwrap_or_else(|e| panic!("{e}"))
     }
@@ -99,7 +109,7 @@ impl Proxy {
 
         let create =
             |p: &PathBuf| File::create(p).map_err(|e| (format!("create {p:?}: {e}"), false));
-        let child = Command::new(env!("CARGO_BIN_EXE_kcdproxy"))
+        let child = Command::new(binary())
             .args(&full)
             .stdin(Stdio::null())
             .stdout(create(&stdout)?)
@@ -278,12 +288,49 @@ impl Proxy {
     }
 
     fn proc_status_kib(&self, key: &str) -> u64 {
-        let path = format!("/proc/{}/status", self.pid());
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
-        text.lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {key} in {path}"))
+        proc_status_kib(self.pid(), key)
+            .unwrap_or_else(|| panic!("no {key} in /proc/{}/status", self.pid()))
+    }
+
+    /// Starts sampling VmRSS every 20 ms in a thread until [`RssSampler::stop`].
+    pub fn sample_rss(&self) -> RssSampler {
+        let pid = self.pid();
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut max = 0;
+            while !st.load(Ordering::SeqCst) {
+                match proc_status_kib(pid, "VmRSS:") {
+                    Some(v) => max = max.max(v),
+                    None => break,
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            max
+        });
+        RssSampler { stop, handle }
+    }
+}
+
+/// A `kB` field of /proc/PID/status; None if the process is gone.
+pub fn proc_status_kib(pid: i32, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// A thread sampling a process's resident set size.
+pub struct RssSampler {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<u64>,
+}
+
+impl RssSampler {
+    /// Stops sampling; returns the largest VmRSS seen, KiB.
+    pub fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.join().expect("RSS sampler thread")
     }
 }
 

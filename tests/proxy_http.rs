@@ -1,0 +1,475 @@
+//! HTTP/1.1 proxying through the real binary to the echo origin: keep-alive on both legs,
+//! backend connection reuse, body framings (Content-Length, chunked, close-delimited) both ways,
+//! custom methods (RPC over HTTP), `Expect: 100-continue`, and header rewriting (hop-by-hop
+//! removal, X-Forwarded-*, Via).
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::client::Framing;
+use common::echo::Echo;
+use common::proxy::{LogLine, Proxy};
+use common::{pattern, sha256_hex};
+
+/// An echo origin and a proxy routing everything to it.
+fn setup(extra: &[&str]) -> (Echo, Proxy) {
+    let echo = Echo::start();
+    let route = echo.route();
+    let mut args = vec!["--route", route.as_str(), "--backend-timeout", "5s"];
+    args.extend_from_slice(extra);
+    let proxy = Proxy::start(&args);
+    (echo, proxy)
+}
+
+/// The values of header `name` the backend received, in order.
+fn backend_header_values(json: &serde_json::Value, name: &str) -> Vec<String> {
+    json["headers"]
+        .as_array()
+        .expect("echo JSON has headers")
+        .iter()
+        .filter(|h| h[0].as_str().is_some_and(|n| n.eq_ignore_ascii_case(name)))
+        .map(|h| h[1].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+fn assert_fine(line: &LogLine, status: u16) {
+    line.assert_status_reason(status, "-");
+}
+
+#[test]
+fn keep_alive_get_post_head_on_one_connection_reuse_one_backend_connection() {
+    let (echo, proxy) = setup(&[]);
+    let mut c = proxy.client();
+    let body = pattern::bytes(10_000);
+
+    let r = c.get("/ka/1?q=1");
+    assert_eq!(r.status(), 200, "{}", r.summary());
+    let j = r.json();
+    assert_eq!(j["method"], "GET");
+    assert_eq!(j["target"], "/ka/1?q=1");
+
+    let r = c.request(
+        "POST",
+        "/ka/2",
+        &[("Content-Type", "application/octet-stream")],
+        &body,
+    );
+    assert_eq!(r.status(), 200, "{}", r.summary());
+    let j = r.json();
+    assert_eq!(
+        (j["method"].as_str(), j["body_len"].as_u64()),
+        (Some("POST"), Some(10_000))
+    );
+    assert_eq!(j["body_sha256"], sha256_hex(&body));
+
+    // Body-less POST (what WinINET sends before authenticating).
+    let r = c.request("POST", "/ka/3", &[], b"");
+    assert_eq!(r.status(), 200, "{}", r.summary());
+    assert_eq!(r.json()["body_len"], 0);
+
+    // HEAD: the response announces a length but has no body; the proxy must not wait for one.
+    let r = c.request("HEAD", "/ka/4", &[], b"");
+    assert_eq!(r.status(), 200, "{}", r.summary());
+    assert!(r.body.is_empty());
+
+    let r = c.get("/ka/5");
+    assert_eq!(r.status(), 200, "{}", r.summary());
+    assert!(!r.head.connection_close(), "{}", r.summary());
+
+    assert_eq!(echo.requests(), 5);
+    assert_eq!(
+        echo.connections(),
+        1,
+        "5 sequential requests on one client connection should reuse one backend connection"
+    );
+    assert_eq!(r.header("X-Echo-Conn-Request"), Some("5"));
+
+    for (path, method) in [
+        ("/ka/1", "GET"),
+        ("/ka/2", "POST"),
+        ("/ka/3", "POST"),
+        ("/ka/4", "HEAD"),
+        ("/ka/5", "GET"),
+    ] {
+        let l = proxy.wait_log_path(path);
+        assert_fine(&l, 200);
+        assert_eq!(l.get("method"), Some(method), "{}", l.raw);
+        assert!(
+            l.get("backend")
+                .is_some_and(|b| b.contains(&echo.port().to_string())),
+            "backend= should name the echo server: {}",
+            l.raw
+        );
+        assert!(l.num("duration_ms").is_some(), "{}", l.raw);
+    }
+    let l = proxy.wait_log_path("/ka/2");
+    assert!(l.num("bytes_in").is_some_and(|n| n >= 10_000), "{}", l.raw);
+    let l = proxy.wait_log_path("/ka/1");
+    assert!(l.num("bytes_out").is_some_and(|n| n > 0), "{}", l.raw);
+}
+
+#[test]
+fn sequential_client_connections_share_pooled_backend_connections() {
+    let (echo, proxy) = setup(&[]);
+    for i in 0..8 {
+        let mut c = proxy.client();
+        let r = c.request(
+            "GET",
+            &format!("/pool/{i}"),
+            &[("Connection", "close")],
+            b"",
+        );
+        assert_eq!(r.status(), 200, "{}", r.summary());
+        // The proxy closes the client connection; the backend connection goes back to the pool.
+        c.wait_closed(Duration::from_secs(3))
+            .unwrap_or_else(|e| panic!("after Connection: close: {e}"));
+    }
+    assert_eq!(echo.requests(), 8);
+    assert!(
+        echo.connections() <= 2,
+        "8 sequential requests over 2 workers opened {} backend connections (expected ≤ 2: one \
+         pooled connection per worker)",
+        echo.connections()
+    );
+}
+
+#[test]
+fn chunked_request_reaches_the_backend_intact() {
+    let (echo, proxy) = setup(&[]);
+    let body = pattern::bytes(300_000);
+    let mut c = proxy.client();
+    let mut req =
+        b"POST /chunked-up HTTP/1.1\r\nHost: kcd.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+            .to_vec();
+    let mut off = 0;
+    for (i, size) in [1usize, 15, 4096, 100_000, 7, 65_536]
+        .iter()
+        .cycle()
+        .enumerate()
+    {
+        if off == body.len() {
+            break;
+        }
+        let n = (*size).min(body.len() - off);
+        // Mix upper/lower-case hex and a chunk extension.
+        let size_line = if i % 2 == 0 {
+            format!("{n:X}\r\n")
+        } else {
+            format!("{n:x};name=value\r\n")
+        };
+        req.extend_from_slice(size_line.as_bytes());
+        req.extend_from_slice(&body[off..off + n]);
+        req.extend_from_slice(b"\r\n");
+        off += n;
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    // Send in odd slices so chunk boundaries straddle reads.
+    for piece in req.chunks(9_999) {
+        c.send(piece);
+    }
+    let r = c.read_final().unwrap();
+    assert_eq!(r.status(), 200, "{}", r.summary());
+    let j = r.json();
+    assert_eq!(j["body_len"], 300_000, "{}", r.summary());
+    assert_eq!(j["body_sha256"], sha256_hex(&body));
+    // Still in sync: another request on the same connection.
+    let r = c.get("/after-chunked");
+    assert_eq!(r.status(), 200, "{}", r.summary());
+    assert_eq!(echo.requests(), 2);
+    assert_fine(&proxy.wait_log_path("/chunked-up"), 200);
+}
+
+#[test]
+fn chunked_responses_pass_through() {
+    let (_echo, proxy) = setup(&[]);
+    let mut c = proxy.client();
+    c.send(b"GET /download?bytes=1000003&chunked=1&chunk=5000 HTTP/1.1\r\nHost: kcd.test\r\n\r\n");
+    let head = c.read_head().unwrap();
+    assert_eq!(head.status, 200);
+    assert_eq!(head.framing, Framing::Chunked, "{:?}", head.headers);
+    let mut off = 0u64;
+    let mut bad = None;
+    c.read_body_with(&head, &mut |b| {
+        if bad.is_none() {
+            bad = pattern::check(off, b).err();
+        }
+        off += b.len() as u64;
+    })
+    .unwrap();
+    assert_eq!((off, bad), (1_000_003, None), "(length, first wrong byte)");
+
+    let r = c.get("/chunked-echo");
+    assert_eq!(r.status(), 200, "{}", r.summary());
+    assert_eq!(r.json()["target"], "/chunked-echo");
+    assert_fine(&proxy.wait_log_path("/download"), 200);
+}
+
+#[test]
+fn chunked_response_is_streamed_not_buffered() {
+    let (_echo, proxy) = setup(&[]);
+    let mut c = proxy.client();
+    let t = Instant::now();
+    c.send(b"GET /drip?chunks=4&ms=600&size=64 HTTP/1.1\r\nHost: kcd.test\r\n\r\n");
+    let head = c.read_head().unwrap();
+    let mut arrivals = Vec::new();
+    c.read_body_with(&head, &mut |b| arrivals.push((t.elapsed(), b.len())))
+        .unwrap();
+    let total: usize = arrivals.iter().map(|a| a.1).sum();
+    assert_eq!(total, 256);
+    assert!(
+        arrivals[0].0 < Duration::from_millis(1000),
+        "the first chunk (sent by the backend at once) reached the client only after {:?}: the \
+         response is buffered; arrivals {arrivals:?}",
+        arrivals[0].0
+    );
+    assert!(t.elapsed() >= Duration::from_millis(1800), "{arrivals:?}");
+}
+
+#[test]
+fn close_delimited_backend_response_reaches_an_http11_client() {
+    let (echo, proxy) = setup(&[]);
+    let mut c = proxy.client();
+    let r = c.get("/close?bytes=250000");
+    assert_eq!(r.status(), 200, "{}", r.summary());
+    assert_eq!(r.body.len(), 250_000);
+    assert_eq!(pattern::check(0, &r.body), Ok(()));
+    assert_eq!(
+        r.head.framing,
+        Framing::Chunked,
+        "a close-delimited backend body should be re-framed as chunked for an HTTP/1.1 client"
+    );
+    // Re-framed, the client connection survives, and the closed backend connection is not
+    // reused.
+    let r = c.get("/close");
+    assert_eq!(r.status(), 200, "{}", r.summary());
+    assert_eq!(r.json()["target"], "/close");
+    let r = c.get("/after-close");
+    assert_eq!(r.status(), 200, "{}", r.summary());
+    assert_eq!(echo.connections(), 3);
+    assert_fine(&proxy.wait_log_path("/close"), 200);
+}
+
+#[test]
+fn rpc_over_http_methods_are_proxied() {
+    let (_echo, proxy) = setup(&[]);
+    let mut c = proxy.client();
+    let body = pattern::bytes(128 * 1024);
+    let r = c.request(
+        "RPC_IN_DATA",
+        "/rpc/rpcproxy.dll?exch01.example.com:6001",
+        &[("Accept", "application/rpc")],
+        &body,
+    );
+    assert_eq!(r.status(), 200, "{}", r.summary());
+    let j = r.json();
+    assert_eq!(j["method"], "RPC_IN_DATA");
+    assert_eq!(j["target"], "/rpc/rpcproxy.dll?exch01.example.com:6001");
+    assert_eq!(j["body_sha256"], sha256_hex(&body));
+
+    // An RPC echo request: a tiny body that must not wait for more bytes.
+    let r = c.request(
+        "RPC_OUT_DATA",
+        "/rpc/rpcproxy.dll?exch01.example.com:6001",
+        &[],
+        b"ECHO",
+    );
+    assert_eq!(r.status(), 200, "{}", r.summary());
+    assert_eq!(r.json()["method"], "RPC_OUT_DATA");
+    assert_eq!(r.json()["body_len"], 4);
+
+    let l = proxy.wait_log_path("/rpc/rpcproxy.dll");
+    assert_eq!(l.get("method"), Some("RPC_IN_DATA"), "{}", l.raw);
+    assert_fine(&l, 200);
+}
+
+#[test]
+fn expect_100_continue_is_answered_by_the_proxy_and_stripped() {
+    let (echo, proxy) = setup(&[]);
+    let mut c = proxy.client();
+    c.send(
+        b"PUT /expect/1 HTTP/1.1\r\nHost: kcd.test\r\nExpect: 100-continue\r\nContent-Length: 11\r\n\r\n",
+    );
+    // The client waits for 100 Continue before sending the body.
+    let interim = c
+        .read_response()
+        .unwrap_or_else(|e| panic!("no 100 Continue before the body was sent: {e}"));
+    assert_eq!(interim.status(), 100, "{}", interim.summary());
+    c.send(b"hello world");
+    let r = c.read_final().unwrap();
+    assert_eq!(r.status(), 200, "{}", r.summary());
+    let j = r.json();
+    assert_eq!(j["body_len"], 11);
+    assert_eq!(
+        backend_header_values(&j, "expect"),
+        Vec::<String>::new(),
+        "Expect must not reach the backend"
+    );
+
+    // A client that sends the body without waiting also works (100 may or may not come).
+    c.send(
+        b"POST /expect/2 HTTP/1.1\r\nHost: kcd.test\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\nabcde",
+    );
+    let r = c.read_final().unwrap();
+    assert_eq!(r.status(), 200, "{}", r.summary());
+    assert_eq!(r.json()["body_sha256"], sha256_hex(b"abcde"));
+    assert!(r.interim.iter().all(|s| *s == 100), "{:?}", r.interim);
+    assert_eq!(echo.requests(), 2);
+    assert_fine(&proxy.wait_log_path("/expect/1"), 200);
+}
+
+#[test]
+fn expect_100_continue_with_curl() {
+    let (_echo, proxy) = setup(&[]);
+    let dir = common::TempDir::new("curl-expect");
+    let file = dir.join("body.bin");
+    let body = pattern::bytes(3 << 20);
+    std::fs::write(&file, &body).unwrap();
+    let out = Command::new("curl")
+        .args(["-sS", "-v", "--max-time", "20", "--expect100-timeout", "10"])
+        .args(["-H", "Expect: 100-continue"])
+        .arg("--data-binary")
+        .arg(format!("@{}", file.display()))
+        .arg(format!("http://127.0.0.1:{}/curl-expect", proxy.port()))
+        .output()
+        .expect("run curl");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "curl failed: {stderr}");
+    assert!(
+        stderr.contains("< HTTP/1.1 100 Continue"),
+        "curl saw no 100 Continue from the proxy:\n{stderr}"
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(j["body_len"], 3 << 20);
+    assert_eq!(j["body_sha256"], sha256_hex(&body));
+    assert!(backend_header_values(&j, "expect").is_empty(), "{j}");
+    assert_fine(&proxy.wait_log_path("/curl-expect"), 200);
+}
+
+#[test]
+fn hop_by_hop_request_headers_are_removed_and_forwarding_headers_set() {
+    let (_echo, proxy) = setup(&[]);
+    let mut c = proxy.client();
+    c.send(
+        b"GET /headers HTTP/1.1\r\n\
+          Host: front.example.com\r\n\
+          Connection: keep-alive, X-Drop-Me\r\n\
+          X-Drop-Me: secret\r\n\
+          Keep-Alive: timeout=5\r\n\
+          TE: trailers\r\n\
+          Trailer: X-Whatever\r\n\
+          Upgrade: h2c\r\n\
+          Proxy-Authorization: Basic Zm9vOmJhcg==\r\n\
+          Proxy-Connection: keep-alive\r\n\
+          X-Forwarded-For: 192.0.2.7\r\n\
+          X-Forwarded-Proto: https\r\n\
+          X-Forwarded-Host: spoofed.example\r\n\
+          X-Keep: end-to-end\r\n\
+          Cookie: a=1\r\n\
+          \r\n",
+    );
+    let r = c.read_final().unwrap();
+    assert_eq!(r.status(), 200, "{}", r.summary());
+    let j = r.json();
+    let h = |n: &str| backend_header_values(&j, n);
+
+    for gone in [
+        "X-Drop-Me",
+        "Keep-Alive",
+        "TE",
+        "Trailer",
+        "Upgrade",
+        "Proxy-Authorization",
+        "Proxy-Connection",
+    ] {
+        assert!(
+            h(gone).is_empty(),
+            "{gone} reached the backend: {}",
+            j["headers"]
+        );
+    }
+    for v in h("Connection") {
+        assert!(
+            v.eq_ignore_ascii_case("keep-alive"),
+            "the client's Connection header reached the backend: {v:?}"
+        );
+    }
+    assert_eq!(h("Host"), ["front.example.com"], "client Host kept");
+    assert_eq!(h("X-Keep"), ["end-to-end"]);
+    assert_eq!(h("Cookie"), ["a=1"]);
+    assert_eq!(
+        h("X-Forwarded-For").join(", "),
+        "192.0.2.7, 127.0.0.1",
+        "X-Forwarded-For: the client's address appended"
+    );
+    assert_eq!(
+        h("X-Forwarded-Proto"),
+        ["http"],
+        "set, not appended to the client's"
+    );
+    assert_eq!(
+        h("X-Forwarded-Host"),
+        ["front.example.com"],
+        "set from Host"
+    );
+    assert_eq!(h("Via"), ["1.1 kcdproxy"]);
+}
+
+#[test]
+fn hop_by_hop_response_headers_are_removed() {
+    let (_echo, proxy) = setup(&[]);
+    let r = proxy.client().get("/hop");
+    assert_eq!(r.status(), 200, "{}", r.summary());
+    for gone in [
+        "X-Resp-Hop",
+        "Keep-Alive",
+        "Proxy-Connection",
+        "Upgrade",
+        "Trailer",
+    ] {
+        assert!(
+            r.header(gone).is_none(),
+            "{gone} reached the client: {}",
+            r.summary()
+        );
+    }
+    for v in r.header_all("Connection") {
+        assert!(
+            !v.to_ascii_lowercase().contains("x-resp-hop"),
+            "the backend's Connection header reached the client: {v:?}"
+        );
+    }
+    assert_eq!(r.header("X-Resp-Keep"), Some("end-to-end"));
+}
+
+#[test]
+fn backend_statuses_pass_through() {
+    let (_echo, proxy) = setup(&[]);
+    let mut c = proxy.client();
+    for code in [201u16, 204, 304, 401, 404, 500, 503] {
+        let path = format!("/status/{code}");
+        let r = c.get(&path);
+        assert_eq!(r.status(), code, "{}", r.summary());
+        if code == 204 || code == 304 {
+            assert!(r.body.is_empty());
+        } else {
+            assert_eq!(r.json()["target"], path.as_str());
+        }
+        assert_fine(&proxy.wait_log_path(&path), code);
+    }
+}
+
+#[test]
+fn a_32k_authorization_header_is_accepted() {
+    let (_echo, proxy) = setup(&[]);
+    let token = "Y".repeat(32 * 1024);
+    let auth = format!("Negotiate {token}");
+    let r = proxy
+        .client()
+        .request("GET", "/big-header", &[("Authorization", &auth)], b"");
+    assert_eq!(r.status(), 200, "{}", r.summary());
+    let j = r.json();
+    assert_eq!(backend_header_values(&j, "authorization"), [auth]);
+}
