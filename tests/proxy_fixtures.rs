@@ -45,6 +45,7 @@ fn echo_keeps_alive_and_reports_the_request() {
     );
     let j2 = r2.json();
     assert_eq!(j2["body_len"], 5);
+    assert_eq!(j2["pattern_mismatch"], 0, "hello is not the pattern");
     assert_eq!(j2["body_sha256"], sha256_hex(b"hello"));
     assert_eq!(
         r2.header("X-Echo-Body-Sha256"),
@@ -76,6 +77,7 @@ fn echo_decodes_chunked_requests_itself() {
     let r = c.read_final().unwrap();
     let j = r.json();
     assert_eq!(j["framing"], "chunked");
+    assert_eq!(j["pattern_mismatch"], serde_json::Value::Null);
     assert_eq!(j["body_len"], 5000);
     assert_eq!(j["body_sha256"], sha256_hex(&body));
     assert_eq!(j["trailers"], serde_json::json!([["X-Trailer", "t"]]));

@@ -1,13 +1,10 @@
 //! Bodies are streamed, not buffered: a 1 GiB upload (an Outlook RPC_IN_DATA channel declares
 //! 1 GB) and a 1 GiB download go through the proxy while its resident memory grows by less than
-//! 64 MiB. The client streams the pattern and checks it on the fly; the echo origin hashes what
-//! it receives.
+//! 64 MiB. The client streams the pattern and checks it on the fly; so does the echo origin.
 
 mod common;
 
 use std::time::{Duration, Instant};
-
-use sha2::{Digest, Sha256};
 
 use common::echo::Echo;
 use common::pattern;
@@ -61,10 +58,8 @@ fn one_gib_upload_is_streamed() {
         .as_bytes(),
     );
     let start = Instant::now();
-    let mut hasher = Sha256::new();
     let mut sent = 0u64;
     pattern::for_each_piece(GIB, 256 * 1024, |p| {
-        hasher.update(p);
         if let Err(e) = c.try_send(p) {
             panic!("upload failed after {sent} of {GIB} bytes: {e}");
         }
@@ -81,7 +76,11 @@ fn one_gib_upload_is_streamed() {
     assert_eq!(r.status(), 200, "{}", r.summary());
     let j = r.json();
     assert_eq!(j["body_len"], GIB);
-    assert_eq!(j["body_sha256"], hex::encode(hasher.finalize()));
+    assert_eq!(
+        j["pattern_mismatch"],
+        serde_json::Value::Null,
+        "offset of the first byte the backend received wrong"
+    );
     eprintln!(
         "1 GiB upload in {took:?} ({:.0} MiB/s); RSS baseline {} MiB, max {} MiB",
         1024.0 / took.as_secs_f64(),

@@ -7,11 +7,13 @@
 //!
 //! ```json
 //! {"method":"POST","target":"/x?y=1","version":"HTTP/1.1","headers":[["Host","a"],...],
-//!  "framing":"chunked","body_len":5,"body_sha256":"…","trailers":[],
+//!  "framing":"chunked","body_len":5,"body_sha256":"…","pattern_mismatch":0,"trailers":[],
 //!  "request":3,"connection":1,"conn_request":2}
 //! ```
 //!
-//! The same facts come as `X-Echo-*` response headers. `request` counts complete requests
+//! `pattern_mismatch` is the offset of the first body byte that differs from
+//! [`pattern`] (null if the body is a prefix of the pattern): large uploads are checked with it
+//! instead of hashing on both sides. The same facts come as `X-Echo-*` response headers. `request` counts complete requests
 //! over the server's life, `connection` numbers the TCP connection (1-based, in accept order) and
 //! `conn_request` the request on it: together they prove backend connection reuse.
 //!
@@ -312,6 +314,8 @@ struct Request {
     framing: &'static str,
     body_len: u64,
     body_sha256: String,
+    /// Offset of the first body byte that differs from [`pattern`], if any.
+    pattern_mismatch: Option<u64>,
     trailers: Vec<(String, String)>,
 }
 
@@ -426,6 +430,7 @@ fn read_request<S: Stream>(c: &mut Conn<S>) -> Result<Option<Request>, ReadErr> 
         framing: "none",
         body_len: 0,
         body_sha256: String::new(),
+        pattern_mismatch: None,
         trailers: Vec::new(),
     };
 
@@ -447,8 +452,12 @@ fn read_request<S: Stream>(c: &mut Conn<S>) -> Result<Option<Request>, ReadErr> 
     }
     let mut hasher = Sha256::new();
     let mut len = 0u64;
+    let mut mismatch = None;
     let mut sink = |b: &[u8]| {
         hasher.update(b);
+        if mismatch.is_none() {
+            mismatch = pattern::check(len, b).err();
+        }
         len += b.len() as u64;
     };
     if !te.is_empty() {
@@ -474,9 +483,9 @@ fn read_request<S: Stream>(c: &mut Conn<S>) -> Result<Option<Request>, ReadErr> 
         continue_if_expected(c, &req)?;
         c.read_exact_into(n, &mut sink)?;
     }
-    drop(sink);
     req.body_len = len;
     req.body_sha256 = hex::encode(hasher.finalize());
+    req.pattern_mismatch = mismatch;
     Ok(Some(req))
 }
 
@@ -745,6 +754,7 @@ fn echo_json(req: &Request, ids: &Ids) -> Vec<u8> {
         "framing": req.framing,
         "body_len": req.body_len,
         "body_sha256": req.body_sha256,
+        "pattern_mismatch": req.pattern_mismatch,
         "trailers": pairs(&req.trailers),
         "request": ids.request,
         "connection": ids.connection,

@@ -78,7 +78,7 @@ impl Proxy {
         let stderr = dir.join("stderr.log");
         let stdout = dir.join("stdout.log");
         let port = free_port();
-        let has = |flag: &str| args.iter().any(|a| *a == flag);
+        let has = |flag: &str| args.contains(&flag);
 
         let mut full: Vec<String> = vec!["--listen".into(), format!("127.0.0.1:{port}")];
         let tls_port = if certs.is_empty() {
