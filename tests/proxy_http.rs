@@ -478,3 +478,55 @@ fn a_32k_authorization_header_is_accepted() {
     let j = r.json();
     assert_eq!(backend_header_values(&j, "authorization"), [auth]);
 }
+
+#[test]
+fn content_length_beyond_4_gib_is_forwarded() {
+    // Lengths are u64: a 5 GiB declaration (an RPC channel may declare up to 2 GB; uploads can be
+    // larger) reaches the backend as declared, and the body starts streaming at once.
+    let (echo, proxy) = setup(&[]);
+    let declared: u64 = 5 << 30;
+    let mut c = proxy.client();
+    c.send(
+        format!(
+            "RPC_IN_DATA /rpc/rpcproxy.dll?exch01.example.com:6001 HTTP/1.1\r\n\
+             Host: kcd.test\r\nContent-Length: {declared}\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    c.send(&pattern::bytes(64 * 1024));
+    let mut head = None;
+    common::poll_until(Duration::from_secs(5), || {
+        head = echo.last_head();
+        head.is_some()
+    });
+    let (line, fields) = head.expect("the request head never reached the backend");
+    assert!(line.starts_with("RPC_IN_DATA "), "{line}");
+    let cl: Vec<&str> = fields
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(cl, [declared.to_string()], "backend fields: {fields:?}");
+    // The channel ends early, as RPC channels do; the proxy must cope (nothing to assert beyond
+    // the proxy staying up).
+    drop(c);
+    let r = proxy.client().get("/still-up");
+    assert_eq!(r.status(), 200, "{}", r.summary());
+}
+
+#[test]
+fn idle_keep_alive_connection_is_closed_after_client_idle_timeout() {
+    let (_echo, proxy) = setup(&["--client-idle-timeout", "1s"]);
+    let mut c = proxy.client();
+    assert_eq!(c.get("/before-idle").status(), 200);
+    let t = Instant::now();
+    let got = c
+        .wait_closed(Duration::from_secs(3))
+        .unwrap_or_else(|e| panic!("idle connection with --client-idle-timeout 1s: {e}"));
+    assert!(got.is_empty(), "sent on an idle connection: {got:?}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(800),
+        "closed after {:?}, before the idle timeout",
+        t.elapsed()
+    );
+}

@@ -37,7 +37,7 @@
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -52,11 +52,17 @@ const ECHO_IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest request head the echo server reads.
 const MAX_HEAD: usize = 1 << 20;
 
+/// A request line and its header fields, in order.
+pub type RequestHead = (String, Vec<(String, String)>);
+
 #[derive(Default)]
 struct Shared {
     stop: AtomicBool,
     connections: AtomicU64,
     requests: AtomicU64,
+    /// The request line and header fields of the latest request head, as soon as it is read
+    /// (before its body): lets a test look at a request whose body never completes.
+    last_head: Mutex<Option<RequestHead>>,
 }
 
 /// A running echo server; stops accepting when dropped.
@@ -119,6 +125,12 @@ impl Echo {
     /// Complete requests (head and body read) so far.
     pub fn requests(&self) -> u64 {
         self.shared.requests.load(Ordering::SeqCst)
+    }
+
+    /// The request line and fields of the latest request head read, even if its body is still
+    /// coming (or never comes).
+    pub fn last_head(&self) -> Option<RequestHead> {
+        self.shared.last_head.lock().expect("echo lock").clone()
     }
 }
 
@@ -357,7 +369,7 @@ impl Request {
 fn serve<S: Stream>(mut c: Conn<S>, conn_id: u64, shared: &Shared) {
     let mut conn_request = 0u64;
     loop {
-        let req = match read_request(&mut c) {
+        let req = match read_request(&mut c, shared) {
             Ok(Some(r)) => r,
             Ok(None) | Err(ReadErr::Gone) => return,
             Err(ReadErr::Bad(why)) => {
@@ -399,7 +411,7 @@ fn bad(msg: impl Into<String>) -> ReadErr {
 }
 
 /// Reads one request: head, then the whole body (hashed, not kept).
-fn read_request<S: Stream>(c: &mut Conn<S>) -> Result<Option<Request>, ReadErr> {
+fn read_request<S: Stream>(c: &mut Conn<S>, shared: &Shared) -> Result<Option<Request>, ReadErr> {
     // Request line (tolerating empty lines before it, RFC 9112 §2.2).
     let line = loop {
         match c.read_line(MAX_HEAD)? {
@@ -422,6 +434,7 @@ fn read_request<S: Stream>(c: &mut Conn<S>) -> Result<Option<Request>, ReadErr> 
         return Err(bad(format!("bad version {version:?}")));
     }
     let headers = read_fields(c)?;
+    *shared.last_head.lock().expect("echo lock") = Some((line.clone(), headers.clone()));
     let mut req = Request {
         method: method.to_string(),
         target: target.to_string(),
