@@ -521,7 +521,7 @@ fn slow_request_head_is_cut_off_at_the_header_timeout() {
             "the only acceptable answer is 408: {:?}",
             preview(&received)
         );
-        let l = proxy.wait_log_line(LOG_WAIT, |l| l.status() == Some(408));
+        let l = proxy.wait_log_line(|l| l.status() == Some(408), LOG_WAIT);
         l.assert_status_reason(408, "client_header_timeout");
     }
     assert_eq!(echo.connections(), 0);

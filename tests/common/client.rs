@@ -362,6 +362,12 @@ impl Client {
     /// Reads until the peer closes. Ok(bytes received meanwhile) if it closes (FIN or reset)
     /// within `timeout`; Err with what was received if it is still open then.
     pub fn wait_closed(&mut self, timeout: Duration) -> Result<Vec<u8>, String> {
+        let r = self.wait_closed_inner(timeout);
+        let _ = self.s.set_read_timeout(Some(IO_TIMEOUT));
+        r
+    }
+
+    fn wait_closed_inner(&mut self, timeout: Duration) -> Result<Vec<u8>, String> {
         let deadline = Instant::now() + timeout;
         let mut got = self.buf[self.pos..].to_vec();
         self.pos = self.buf.len();

@@ -30,8 +30,15 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// The proxy binds one SO_REUSEPORT socket per worker, so it must be given a concrete port; the
 /// small race with other users of the port is handled by [`proxy::Proxy`] retrying on a new one.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port");
-    l.local_addr().expect("local_addr").port()
+    free_ports::<1>()[0]
+}
+
+/// `N` distinct free ports (all held open while choosing, so none is handed out twice).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port"))
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().expect("local_addr").port())
 }
 
 pub fn local(port: u16) -> SocketAddr {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::certs::CertPair;
 use super::client::Client;
-use super::{free_port, local, poll_until, TempDir};
+use super::{free_ports, local, poll_until, TempDir};
 
 /// How long the proxy may take to listen after being spawned.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -77,15 +77,14 @@ impl Proxy {
         let access_log = dir.join("access.log");
         let stderr = dir.join("stderr.log");
         let stdout = dir.join("stdout.log");
-        let port = free_port();
+        let [port, tls_port] = free_ports::<2>();
         let has = |flag: &str| args.contains(&flag);
 
         let mut full: Vec<String> = vec!["--listen".into(), format!("127.0.0.1:{port}")];
         let tls_port = if certs.is_empty() {
             None
         } else {
-            let p = free_port();
-            full.extend(["--listen-tls".into(), format!("127.0.0.1:{p}")]);
+            full.extend(["--listen-tls".into(), format!("127.0.0.1:{tls_port}")]);
             for c in certs {
                 full.extend([
                     "--tls-cert".into(),
@@ -94,7 +93,7 @@ impl Proxy {
                     c.key.display().to_string(),
                 ]);
             }
-            Some(p)
+            Some(tls_port)
         };
         if !has("--workers") {
             full.extend(["--workers".into(), "2".into()]);
@@ -258,7 +257,7 @@ impl Proxy {
 
     /// Waits up to `timeout` for an access-log line matching `pred`; panics listing the log if
     /// none comes.
-    pub fn wait_log_line(&self, timeout: Duration, pred: impl Fn(&LogLine) -> bool) -> LogLine {
+    pub fn wait_log_line(&self, pred: impl Fn(&LogLine) -> bool, timeout: Duration) -> LogLine {
         let mut found = None;
         poll_until(timeout, || {
             found = self.log_lines().into_iter().find(|l| pred(l));
@@ -274,7 +273,7 @@ impl Proxy {
 
     /// Waits for the access-log line of the request to `path` (query ignored).
     pub fn wait_log_path(&self, path: &str) -> LogLine {
-        self.wait_log_line(Duration::from_secs(3), |l| l.path() == Some(path))
+        self.wait_log_line(|l| l.path() == Some(path), Duration::from_secs(3))
     }
 
     /// Current resident set size, KiB (VmRSS).
