@@ -54,9 +54,17 @@
 
 mod config;
 mod sni;
+mod stream;
+
 
 pub use config::{client_config, server_config};
+pub use stream::TlsStream;
 
 /// The only application protocol we speak on either side.
 const ALPN_HTTP11: &[u8] = b"http/1.1";
 
+/// Wraps a rustls error as an `io::Error` that keeps rustls' message (certificate problems
+/// must reach the log as "invalid peer certificate: UnknownIssuer", not as a bare kind).
+fn tls_error(e: rustls::Error) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, e)
+}
