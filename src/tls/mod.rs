@@ -56,6 +56,8 @@ mod config;
 mod sni;
 mod stream;
 
+#[cfg(test)]
+mod tests;
 
 pub use config::{client_config, server_config};
 pub use stream::TlsStream;
