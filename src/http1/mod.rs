@@ -39,8 +39,10 @@
 //! LF inside chunked framing. Tolerated because the RFC asks for it: a few empty lines before
 //! the request line, OWS around field values and list elements, empty list elements.
 
+mod framing;
 mod head;
 
+pub use framing::*;
 pub use head::*;
 
 /// Trims optional whitespace (SP / HTAB, RFC 9110 §5.6.3) from both ends of a field value.
@@ -55,6 +57,14 @@ pub(crate) fn trim_ows(mut v: &[u8]) -> &[u8] {
     v
 }
 
+/// The elements of a comma-separated field value (RFC 9110 §5.6.1), OWS-trimmed. Empty
+/// elements are yielded too: some callers must reject them (`Content-Length: 5,`), others skip
+/// them (`Connection: , close`).
+#[inline]
+pub(crate) fn list_elements(v: &[u8]) -> impl Iterator<Item = &[u8]> {
+    v.split(|&b| b == b',').map(trim_ows)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,5 +74,7 @@ mod tests {
         assert_eq!(trim_ows(b" \t a b\t "), b"a b");
         assert_eq!(trim_ows(b" \t "), b"");
         assert_eq!(trim_ows(b""), b"");
+        let v: Vec<&[u8]> = list_elements(b" a ,, b,").collect();
+        assert_eq!(v, [&b"a"[..], b"", b"b", b""]);
     }
 }
