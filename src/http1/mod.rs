@@ -39,9 +39,11 @@
 //! LF inside chunked framing. Tolerated because the RFC asks for it: a few empty lines before
 //! the request line, OWS around field values and list elements, empty list elements.
 
+mod chunked;
 mod framing;
 mod head;
 
+pub use chunked::*;
 pub use framing::*;
 pub use head::*;
 
@@ -63,6 +65,21 @@ pub(crate) fn trim_ows(mut v: &[u8]) -> &[u8] {
 #[inline]
 pub(crate) fn list_elements(v: &[u8]) -> impl Iterator<Item = &[u8]> {
     v.split(|&b| b == b',').map(trim_ows)
+}
+
+/// Whether `b` may appear in a field name or other `token` (RFC 9110 §5.6.2).
+#[inline]
+pub(crate) fn is_tchar(b: u8) -> bool {
+    matches!(b,
+        b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9'
+        | b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_'
+        | b'`' | b'|' | b'~')
+}
+
+/// Whether `b` may appear inside a field value (HTAB, SP, VCHAR, obs-text; RFC 9110 §5.5).
+#[inline]
+pub(crate) fn is_field_vchar(b: u8) -> bool {
+    b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80
 }
 
 #[cfg(test)]
