@@ -40,10 +40,12 @@
 //! the request line, OWS around field values and list elements, empty list elements.
 
 mod chunked;
+mod encode;
 mod framing;
 mod head;
 
 pub use chunked::*;
+pub use encode::*;
 pub use framing::*;
 pub use head::*;
 
