@@ -86,7 +86,206 @@ pub(crate) fn is_field_vchar(b: u8) -> bool {
 
 #[cfg(test)]
 mod tests {
+    //! Properties that span the submodules: the no-panic loop over mutated input, and
+    //! agreement between whole and split input.
+
     use super::*;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    /// xorshift64*: deterministic, dependency-free randomness for the mutation loop.
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            let mut x = self.0;
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            self.0 = x;
+            x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            if n == 0 {
+                0
+            } else {
+                (self.next() % n as u64) as usize
+            }
+        }
+    }
+
+    const SEEDS: &[&[u8]] = &[
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"\r\nPOST /ews/exchange.asmx?x=1 HTTP/1.1\r\nHost: mail.example.com\r\nContent-Length: 5\r\nConnection: keep-alive, X-Foo\r\nX-Foo: 1\r\nExpect: 100-continue\r\n\r\nhello",
+        b"POST http://h:8080/p?q HTTP/1.1\r\nHost: h:8080\r\nTransfer-Encoding: chunked\r\nVia: 1.0 a\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n5;e=1\r\nhello\r\n0\r\nT: v\r\n\r\n",
+        b"GET * HTTP/1.0\r\nConnection: keep-alive\r\nUpgrade: h2c\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+        b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: NTLM\r\nWWW-Authenticate: Negotiate\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        b"HTTP/1.0 304 \r\nContent-Length: 5, 5\r\n\r\n",
+        b"a;x=y\r\n0123456789\r\n10\r\n0123456789abcdef\r\n0\r\nExpires: never\r\n\r\n",
+    ];
+
+    const INTERESTING: &[u8] = b"\r\n :,;\t0f9F\x00\xff\x7f-=\"";
+
+    fn mutate(rng: &mut XorShift, seed: &[u8]) -> Vec<u8> {
+        let mut v = seed.to_vec();
+        for _ in 0..=rng.below(3) {
+            let at = rng.below(v.len() + 1);
+            match rng.below(8) {
+                0 if at < v.len() => v[at] = (rng.next() & 0xff) as u8,
+                1 => v.insert(at, INTERESTING[rng.below(INTERESTING.len())]),
+                2 if at < v.len() => {
+                    v.remove(at);
+                }
+                3 if rng.below(4) == 0 => v.truncate(at),
+                4 => {
+                    // Duplicate a run: repeats headers, digits, CRLFs.
+                    let end = (at + rng.below(16)).min(v.len());
+                    let run = v[at..end].to_vec();
+                    v.splice(at..at, run);
+                }
+                _ if at < v.len() => v[at] = INTERESTING[rng.below(INTERESTING.len())],
+                _ => {}
+            }
+        }
+        v
+    }
+
+    fn exercise(input: &[u8], rng: &mut XorShift, stats: &mut Stats) {
+        let limits = Limits {
+            max_head_bytes: 512,
+            max_headers: 8,
+            max_request_line: 64,
+        };
+        let info = ForwardInfo {
+            client_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+            proto: "https",
+            host_override: Some("backend:443"),
+            framing: BodyFraming::Chunked,
+            drop_headers: &["authorization"],
+            extra_headers: &[("Authorization", b"Negotiate YII=")],
+        };
+        let mut out = Vec::new();
+        if let Ok(Some(req)) = parse_request(input, &limits) {
+            stats.requests += 1;
+            assert!(req.head_len <= input.len());
+            for h in &req.headers {
+                assert!(
+                    h.name.end as usize <= req.head_len && h.value.end as usize <= req.head_len
+                );
+            }
+            let _ = req.path(input);
+            let _ = req.header(input, "host");
+            if let Ok(meta) = request_meta(input, &req) {
+                stats.valid_requests += 1;
+                // What the proxy sends must pass its own checks, with the framing it declared.
+                let info = ForwardInfo {
+                    framing: meta.framing,
+                    host_override: info.host_override.filter(|_| rng.below(2) == 0),
+                    ..info
+                };
+                out.clear();
+                encode_request_head(input, &req, &info, &mut out);
+                let again = parse_request(&out, &Limits::default())
+                    .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&out)))
+                    .expect("complete");
+                assert_eq!(again.head_len, out.len());
+                let meta2 = request_meta(&out, &again)
+                    .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&out)));
+                assert_eq!(meta2.framing, meta.framing);
+            } else {
+                encode_request_head(input, &req, &info, &mut out);
+            }
+        }
+        if let Ok(Some(resp)) = parse_response(input, &limits) {
+            stats.responses += 1;
+            assert!(resp.head_len <= input.len());
+            for method in [&b"GET"[..], b"HEAD"] {
+                if let Ok(meta) = response_meta(input, &resp, method) {
+                    let info = ResponseInfo {
+                        framing: meta.framing,
+                        keep_alive: meta.keep_alive,
+                        client_version: Version::Http10,
+                    };
+                    out.clear();
+                    encode_response_head(input, &resp, &info, &mut out);
+                    let again = parse_response(&out, &Limits::default())
+                        .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&out)))
+                        .expect("complete");
+                    assert_eq!(again.head_len, out.len());
+                }
+            }
+        }
+        // Chunked: feeding in random pieces must agree with feeding all at once.
+        let whole = decode_all(input, &[input.len()]);
+        let mut cuts = Vec::new();
+        let mut left = input.len();
+        while left > 0 {
+            let n = 1 + rng.below(left.min(9));
+            cuts.push(n);
+            left -= n;
+        }
+        assert_eq!(
+            whole,
+            decode_all(input, &cuts),
+            "input {input:?} cuts {cuts:?}"
+        );
+        stats.chunked_done += usize::from(whole.2 == Ok(true));
+    }
+
+    /// How deep the mutated inputs got: a loop whose inputs all fail early proves little.
+    #[derive(Default, Debug)]
+    struct Stats {
+        requests: usize,
+        valid_requests: usize,
+        responses: usize,
+        chunked_done: usize,
+    }
+
+    /// Feeds `input` in pieces of the given sizes; returns the payload, bytes consumed and the
+    /// outcome.
+    fn decode_all(input: &[u8], cuts: &[usize]) -> (Vec<u8>, usize, Result<bool, ChunkError>) {
+        let mut dec = ChunkedDecoder::new();
+        let mut data = Vec::new();
+        let mut at = 0;
+        for &n in cuts {
+            let piece = &input[at..at + n];
+            match dec.feed(piece, |d| data.extend_from_slice(d)) {
+                Ok((used, true)) => return (data, at + used, Ok(true)),
+                Ok((used, false)) => assert_eq!(used, piece.len()),
+                // How far into the input is not part of the contract on error.
+                Err(e) => return (data, 0, Err(e)),
+            }
+            at += n;
+        }
+        (data, at, Ok(false))
+    }
+
+    #[test]
+    fn no_panic_on_mutated_input() {
+        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        let mut stats = Stats::default();
+        for i in 0..20_000 {
+            let seed = SEEDS[i % SEEDS.len()];
+            let input = mutate(&mut rng, seed);
+            exercise(&input, &mut rng, &mut stats);
+        }
+        // Pure noise too, biased towards protocol bytes.
+        for _ in 0..2000 {
+            let len = rng.below(200);
+            let input: Vec<u8> = (0..len)
+                .map(|_| {
+                    if rng.below(2) == 0 {
+                        INTERESTING[rng.below(INTERESTING.len())]
+                    } else {
+                        (rng.next() & 0xff) as u8
+                    }
+                })
+                .collect();
+            exercise(&input, &mut rng, &mut stats);
+        }
+        eprintln!("{stats:?}");
+        assert!(stats.valid_requests > 1000 && stats.responses > 1000 && stats.chunked_done > 300);
+    }
 
     #[test]
     fn helpers() {
