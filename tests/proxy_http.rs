@@ -296,11 +296,13 @@ fn expect_100_continue_is_answered_by_the_proxy_and_stripped() {
     c.send(
         b"PUT /expect/1 HTTP/1.1\r\nHost: kcd.test\r\nExpect: 100-continue\r\nContent-Length: 11\r\n\r\n",
     );
-    // The client waits for 100 Continue before sending the body.
+    // The client waits (up to 3 s) for 100 Continue before sending the body.
+    c.set_read_timeout(Duration::from_secs(3));
     let interim = c
         .read_response()
         .unwrap_or_else(|e| panic!("no 100 Continue before the body was sent: {e}"));
     assert_eq!(interim.status(), 100, "{}", interim.summary());
+    c.set_read_timeout(common::IO_TIMEOUT);
     c.send(b"hello world");
     let r = c.read_final().unwrap();
     assert_eq!(r.status(), 200, "{}", r.summary());
