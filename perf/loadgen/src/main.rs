@@ -2,9 +2,10 @@
 //!
 //! `--connections N` connections each send a GET, read the whole response (Content-Length,
 //! chunked or until close), record its latency and send the next: a closed loop, so the offered
-//! load is whatever the target sustains. After `--warmup`, requests that start and finish inside
-//! the `--duration` window are counted and their latencies recorded in one HDR histogram (ns,
-//! 3 significant digits). The result is one JSON line on stdout.
+//! load is whatever the target sustains. After `--warmup`, requests that complete inside the
+//! `--duration` window are counted and their latencies recorded in one HDR histogram (ns,
+//! 3 significant digits); requests still in flight when it closes are dropped. The result is
+//! one JSON line on stdout.
 //!
 //! One OS thread drives every connection: a current_thread tokio runtime with the connections
 //! as tasks on a LocalSet, sharing `Rc` state without locks. Pin the process to one core (the
@@ -78,6 +79,11 @@ struct Args {
     #[arg(long, default_value = "")]
     label: String,
 
+    /// Process whose CPU time (utime+stime, all threads, from /proc/PID/stat) is sampled at the
+    /// window's start and end and reported per request (repeatable: the values are summed).
+    #[arg(long = "watch-pid", value_name = "PID")]
+    watch_pids: Vec<u32>,
+
     /// Memory mode: open this many connections, one request each, then hold them idle.
     #[arg(long, value_name = "N")]
     idle: Option<usize>,
@@ -126,8 +132,9 @@ struct Shared {
     request: Vec<u8>,
     new_conn: bool,
     timeout: Duration,
-    /// INVARIANT: measure_start <= end; only requests with start >= measure_start and
-    /// finish <= end are recorded.
+    /// INVARIANT: measure_start <= end. A request is counted (and its latency recorded) when it
+    /// completes inside [measure_start, end], whenever it started: requiring the start inside
+    /// too would never count requests slower than the window (256 × 1 MiB on a busy core).
     measure_start: Instant,
     end: Instant,
     /// Latency in nanoseconds.
@@ -145,8 +152,9 @@ impl Shared {
         t >= self.measure_start && t <= self.end
     }
 
-    fn error(&self, kind: ErrorKind, at: Instant, what: impl FnOnce() -> String) {
-        if self.in_window(at) {
+    /// Counts an error if it happens inside the window; keeps the first message of any.
+    fn error(&self, kind: ErrorKind, what: impl FnOnce() -> String) {
+        if self.in_window(Instant::now()) {
             let c = &self.errors[kind as usize];
             c.set(c.get() + 1);
         }
@@ -156,20 +164,20 @@ impl Shared {
         }
     }
 
-    fn exchange_error(&self, e: ExchangeError, at: Instant) {
+    fn exchange_error(&self, e: ExchangeError) {
         match e {
-            ExchangeError::Io(e) => self.error(ErrorKind::Io, at, || e.to_string()),
-            ExchangeError::Parse(e) => self.error(ErrorKind::Parse, at, || e.to_string()),
+            ExchangeError::Io(e) => self.error(ErrorKind::Io, || e.to_string()),
+            ExchangeError::Parse(e) => self.error(ErrorKind::Parse, || e.to_string()),
             ExchangeError::HeadTooLarge => {
-                self.error(ErrorKind::Parse, at, || "response head too large".into())
+                self.error(ErrorKind::Parse, || "response head too large".into())
             }
         }
     }
 
-    fn dial_error(&self, e: DialError, at: Instant) {
+    fn dial_error(&self, e: DialError) {
         match e {
-            DialError::Connect(e) => self.error(ErrorKind::Connect, at, || e.to_string()),
-            DialError::Tls(e) => self.error(ErrorKind::Tls, at, || e.to_string()),
+            DialError::Connect(e) => self.error(ErrorKind::Connect, || e.to_string()),
+            DialError::Tls(e) => self.error(ErrorKind::Tls, || e.to_string()),
         }
     }
 }
@@ -188,14 +196,14 @@ async fn connection_task(sh: Rc<Shared>) {
         {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
-                sh.dial_error(e, t_dial);
+                sh.dial_error(e);
                 // A refused connect returns at once: pause so a dead target is not spun on.
                 sleep_until((Instant::now() + Duration::from_millis(10)).min(sh.end)).await;
                 continue;
             }
             Err(_) if Instant::now() >= sh.end => return,
             Err(_) => {
-                sh.error(ErrorKind::Timeout, t_dial, || "connect timed out".into());
+                sh.error(ErrorKind::Timeout, || "connect timed out".into());
                 continue;
             }
         };
@@ -220,10 +228,8 @@ async fn connection_task(sh: Rc<Shared>) {
                 Ok(Ok((outcome, received))) => {
                     let t1 = Instant::now();
                     if outcome.status != 200 {
-                        sh.error(ErrorKind::Status, t0, || {
-                            format!("status {}", outcome.status)
-                        });
-                    } else if sh.in_window(t0) && t1 <= sh.end {
+                        sh.error(ErrorKind::Status, || format!("status {}", outcome.status));
+                    } else if sh.in_window(t1) {
                         let ns = (t1 - t0).as_nanos().min(u128::from(u64::MAX)) as u64;
                         sh.hist.borrow_mut().saturating_record(ns.max(1));
                         sh.requests.set(sh.requests.get() + 1);
@@ -234,13 +240,13 @@ async fn connection_task(sh: Rc<Shared>) {
                     }
                 }
                 Ok(Err(e)) => {
-                    sh.exchange_error(e, t0);
+                    sh.exchange_error(e);
                     continue 'connection;
                 }
                 // The window closed with this request in flight: it is simply not counted.
                 Err(_) if Instant::now() >= sh.end => return,
                 Err(_) => {
-                    sh.error(ErrorKind::Timeout, t0, || "request timed out".into());
+                    sh.error(ErrorKind::Timeout, || "request timed out".into());
                     continue 'connection;
                 }
             }
@@ -248,9 +254,10 @@ async fn connection_task(sh: Rc<Shared>) {
     }
 }
 
-/// Own CPU time (utime + stime, all threads) in clock ticks, from /proc/self/stat.
-fn own_cpu_ticks() -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+/// CPU time (utime + stime, all threads) of a process in clock ticks, from /proc/PID/stat
+/// (`self` for this process).
+fn cpu_ticks(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     let rest = &stat[stat.rfind(')')? + 2..];
     let mut f = rest.split_ascii_whitespace().skip(11);
@@ -279,13 +286,19 @@ fn json_str(out: &mut String, key: &str, value: &str) {
 }
 
 async fn run_load(args: &Args, sh: Rc<Shared>) -> String {
+    // CPU time of this process and of the watched ones over exactly the measurement window.
     let cpu = {
         let sh = sh.clone();
+        let pids: Vec<String> = args.watch_pids.iter().map(u32::to_string).collect();
         tokio::task::spawn_local(async move {
+            let sample =
+                |pids: &[String]| -> Option<u64> { pids.iter().map(|p| cpu_ticks(p)).sum() };
             sleep_until(sh.measure_start).await;
-            let before = own_cpu_ticks();
+            let (own0, watched0) = (cpu_ticks("self"), sample(&pids));
             sleep_until(sh.end).await;
-            Some(own_cpu_ticks()?.saturating_sub(before?))
+            let (own1, watched1) = (cpu_ticks("self"), sample(&pids));
+            let delta = |a: Option<u64>, b: Option<u64>| Some(b?.saturating_sub(a?));
+            (delta(own0, own1), delta(watched0, watched1))
         })
     };
     let tasks: Vec<_> = (0..args.connections)
@@ -294,7 +307,7 @@ async fn run_load(args: &Args, sh: Rc<Shared>) -> String {
     for t in tasks {
         let _ = t.await;
     }
-    let cpu_ticks = cpu.await.ok().flatten();
+    let (own_ticks, watched_ticks) = cpu.await.unwrap_or((None, None));
 
     let secs = (sh.end - sh.measure_start).as_secs_f64();
     let hist = sh.hist.borrow();
@@ -338,16 +351,25 @@ async fn run_load(args: &Args, sh: Rc<Shared>) -> String {
         sh.bytes.get() as f64 / secs,
         sh.connects.get(),
     );
-    match cpu_ticks {
-        Some(t) => {
-            let _ = write!(
-                o,
-                "\"loadgen_cpu_pct\":{:.1},",
-                t as f64 / CLOCK_TICKS / secs * 100.0
-            );
-        }
-        None => o.push_str("\"loadgen_cpu_pct\":null,"),
-    }
+    let pct = |ticks: Option<u64>| match ticks {
+        Some(t) => format!("{:.1}", t as f64 / CLOCK_TICKS / secs * 100.0),
+        None => "null".into(),
+    };
+    let _ = write!(o, "\"loadgen_cpu_pct\":{},", pct(own_ticks));
+    let watched = watched_ticks.filter(|_| !args.watch_pids.is_empty());
+    let per_req = match watched {
+        Some(t) if sh.requests.get() > 0 => format!(
+            "{:.2}",
+            t as f64 / CLOCK_TICKS * 1e6 / sh.requests.get() as f64
+        ),
+        _ => "null".into(),
+    };
+    let _ = write!(
+        o,
+        "\"target_cpu_ticks\":{},\"target_cpu_pct\":{},\"target_cpu_us_per_req\":{per_req},",
+        watched.map_or("null".into(), |t| t.to_string()),
+        pct(watched),
+    );
     json_str(&mut o, "tls", sh.tls.borrow().as_deref().unwrap_or(""));
     json_str(
         &mut o,
@@ -399,11 +421,11 @@ async fn run_idle(args: &Args, sh: Rc<Shared>, count: usize) -> String {
                     drop(stream);
                 }
                 Ok(Err(e)) => {
-                    sh.error(ErrorKind::Io, t0, || e);
+                    sh.error(ErrorKind::Io, || e);
                     failed.set(failed.get() + 1);
                 }
                 Err(_) => {
-                    sh.error(ErrorKind::Timeout, t0, || "idle open timed out".into());
+                    sh.error(ErrorKind::Timeout, || "idle open timed out".into());
                     failed.set(failed.get() + 1);
                 }
             }
