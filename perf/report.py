@@ -38,9 +38,11 @@ def median_round(runs):
 
 
 def noise_pct(run):
-    """Share of the proxy CPU busy with processes other than the target during the run."""
+    """Share of the proxy CPU busy with anything but the target during the run (other processes,
+    and interrupt/softirq time, part of which is the target's own loopback traffic). Not shown
+    for the direct row, whose server runs on the other CPU."""
     total = run.get("proxy_cpu_total_ticks")
-    if not total:
+    if not total or run["target"] == "direct":
         return None
     other = run["proxy_cpu_busy_ticks"] - run["target_ticks_outer"]
     return max(0.0, 100.0 * other / total)
@@ -104,8 +106,11 @@ def main():
             if t == "kcdproxy" and rps_x is not None and p99_x is not None:
                 goal["of"] += 1
                 goal["met"] += rps_x >= 1.0 and p99_x <= 1.0
+            # No request completed in the window (e.g. 256 TLS handshakes on a starved core in
+            # a --quick window): say so rather than print a bare zero.
+            rps = fmt(res["rps"]) if res["requests"] else "0 (none completed)"
             p(
-                f"| {name} | {label} | {fmt(res['rps'])} | {fmt(rps_x, 2)} | {fmt(res['p50_us'], 1)} "
+                f"| {name} | {label} | {rps} | {fmt(rps_x, 2)} | {fmt(res['p50_us'], 1)} "
                 f"| {fmt(res['p99_us'], 1)} | {fmt(p99_x, 2)} | {fmt(res.get('target_cpu_us_per_req'), 1)} "
                 f"| {fmt(res.get('target_cpu_pct'))} | {res['errors']} | {fmt(noise_pct(run))} |"
             )

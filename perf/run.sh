@@ -76,18 +76,32 @@ RAW=$RESULTS/$STAMP.jsonl
 TMP=$(mktemp -d /tmp/kcdperf.XXXXXX)
 
 # ---- cleanup: every process this script started, by PID, then the temp dir -------------------
+# Every server and kcdload is a direct child of this shell. A PID is signalled only while its
+# parent is still this shell, so a PID already reaped and reused by someone else is never hit.
 PIDS=()
+ours() { # PID: a live (not zombie) child of this shell
+  local s
+  s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  s=${s##*) }
+  set -- $s
+  [ "$2" = "$$" ] && [ "$1" != Z ]
+}
+signal_ours() { # SIGNAL
+  local pid
+  for pid in "${PIDS[@]}"; do ours "$pid" && kill "-$1" "$pid" 2>/dev/null; done
+  return 0
+}
 cleanup() {
-  local rc=$? pid
+  local rc=$? pid alive
   trap - EXIT INT TERM
-  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for _ in $(seq 20); do
-    local alive=0
-    for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+  signal_ours TERM
+  for _ in $(seq 30); do
+    alive=0
+    for pid in "${PIDS[@]}"; do ours "$pid" && alive=1; done
     [ "$alive" = 0 ] && break
     sleep 0.1
   done
-  for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  signal_ours KILL
   wait 2>/dev/null || true
   rm -rf "$TMP"
   exit "$rc"
@@ -269,7 +283,7 @@ wait_listen() {
   local pid=$1 secs=$2 port ok; shift 2
   local deadline=$((SECONDS + secs))
   while :; do
-    kill -0 "$pid" 2>/dev/null || return 1
+    ours "$pid" || return 1
     ok=1
     for port in "$@"; do listening "$port" || ok=0; done
     [ "$ok" = 1 ] && return 0
@@ -321,7 +335,7 @@ start() {
 up() {
   local name=$1 secs=$2 pid=${PIDS_OF[$1]} scheme
   if ! wait_listen "$pid" "$secs" "${PORT[$name]}" "${TLS_PORT[$name]}"; then
-    if kill -0 "$pid" 2>/dev/null; then
+    if ours "$pid"; then
       STATE[$name]="not running"; log "$name: not listening after ${secs}s"
     else
       wait "$pid" && rc=0 || rc=$?
@@ -364,7 +378,7 @@ up nginx 10
 up haproxy 10
 [ "$KCD_STATE" = ok ] && up kcdproxy "$START_TIMEOUT"
 for t in nginx haproxy kcdproxy; do
-  if [ "${STATE[$t]}" != ok ] && [ -f "$TMP/$t/stderr.log" ]; then
+  if [ "${STATE[$t]}" != ok ] && [ -s "$TMP/$t/stderr.log" ]; then
     log "$t output:"; tail -5 "$TMP/$t/stderr.log" | sed 's/^/    /' >&2
   fi
 done
@@ -402,7 +416,7 @@ idle_batch() {
     --idle "$n" --hold 180s --timeout 10s --label "$t idle" >"$out" 2>>"$TMP/kcdload.log" &
   local pid=$!
   PIDS+=("$pid"); IDLE_PIDS+=("$pid")
-  while [ ! -s "$out" ] && kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do
+  while [ ! -s "$out" ] && ours "$pid" && [ "$SECONDS" -lt "$deadline" ]; do
     sleep 0.2
   done
   sleep 1   # let the proxy finish its post-response bookkeeping
@@ -421,7 +435,7 @@ if [ "$IDLE_CONNS" -gt 1 ]; then
     read -r pss1 rss1 < <(mem_kb ${PIDS_OF[$t]})
     idle_batch "$t" $((IDLE_CONNS - IDLE_CONNS / 2)) "$TMP/idle-$t-2.json"
     read -r pss2 rss2 < <(mem_kb ${PIDS_OF[$t]})
-    for pid in "${IDLE_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${IDLE_PIDS[@]}"; do ours "$pid" && kill -TERM "$pid" 2>/dev/null || true; done
     for pid in "${IDLE_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
     printf '{"kind":"idle","target":"%s","state":"ok","pss_kb":[%s,%s,%s],"rss_kb":[%s,%s,%s],"batches":[%s,%s]}\n' \
       "$t" "$pss0" "$pss1" "$pss2" "$rss0" "$rss1" "$rss2" \
