@@ -45,7 +45,7 @@ def noise_pct(run):
     if not total or run["target"] == "direct":
         return None
     other = run["proxy_cpu_busy_ticks"] - run["target_ticks_outer"]
-    return max(0.0, 100.0 * other / total)
+    return min(100.0, max(0.0, 100.0 * other / total))
 
 
 def main():

@@ -66,6 +66,20 @@ done
 
 log() { printf '[perf %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
+# Reject a bad list before anything is started.
+check_list() { # NAME ALLOWED VALUES...
+  local name=$1 allowed=" $2 " v; shift 2
+  for v in "$@"; do
+    case "$allowed" in *" $v "*) ;; *) echo "run.sh: $name: unknown '$v' (allowed:$allowed)" >&2; exit 2 ;; esac
+  done
+}
+check_list --sizes "small 16k 1m" $SIZES
+check_list --modes "plain tls" $MODES
+check_list --targets "nginx haproxy kcdproxy direct" $TARGETS
+for v in $CONNS $ROUNDS $IDLE_CONNS; do
+  [[ "$v" =~ ^[0-9]+$ ]] || { echo "run.sh: '$v' is not a whole number" >&2; exit 2; }
+done
+
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 case "$TARGET_DIR" in /*) ;; *) TARGET_DIR=$ROOT/$TARGET_DIR ;; esac
 KCDPROXY_BIN=${KCDPROXY_BIN:-$TARGET_DIR/release/kcdproxy}
@@ -458,7 +472,12 @@ for mode in $MODES; do
       log "[$i/$n_scen] $mode ${SIZE_LABEL[$size]} × $conns"
       for round in $(seq "$ROUNDS"); do
         for t in $TARGETS; do
-          [ -n "${PORT[$t]:-}" ] || { echo "run.sh: unknown target $t" >&2; exit 2; }
+          # A server that died mid-run is reported, not measured as a wall of connect errors.
+          if [ "${STATE[$t]}" = ok ] && ! ours "${PIDS_OF[$t]%% *}"; then
+            STATE[$t]=crashed
+            log "$t DIED during the run; its remaining rows say 'crashed'"
+            [ -s "$TMP/$t/stderr.log" ] && tail -5 "$TMP/$t/stderr.log" | sed 's/^/    /' >&2
+          fi
           head=$(printf '{"kind":"load","mode":"%s","size":"%s","conns":%s,"target":"%s","round":%s' \
             "$mode" "$size" "$conns" "$t" "$round")
           if [ "${STATE[$t]}" != ok ]; then
