@@ -307,6 +307,7 @@ wait_listen() {
 }
 
 # The PID and its children (nginx master + worker): CPU and memory are summed over them.
+# shellcheck disable=SC2046  # the child PIDs are meant to split into words
 tree_pids() { echo "$1" $(ps -o pid= --ppid "$1" 2>/dev/null); }
 
 # utime+stime (ticks) summed over PIDs.
