@@ -33,8 +33,12 @@
 //! - [`proxy`]: the phase sequence above, body streaming, error responses.
 //! - [`accesslog`]: one line per request.
 
+pub mod accesslog;
 pub mod config;
 pub mod error;
 pub mod http1;
 pub mod net;
+pub mod proxy;
+pub mod runtime;
 pub mod tls;
+pub mod upstream;

@@ -1,3 +1,5 @@
+//! `kcdproxy`: flags → validated configuration → logging → runtime. Nothing else.
+
 use clap::Parser;
 use kcdproxy::config::{Config, Flags};
 
@@ -6,14 +8,32 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let flags = Flags::parse();
-    match Config::from_flags(&flags) {
-        Ok(_) if flags.check_config => println!("configuration OK"),
-        Ok(_) => {}
-        Err(errs) => {
-            for e in &errs {
-                eprintln!("config error: {e}");
+    let cfg = match Config::from_flags(&flags) {
+        Ok(c) => c,
+        Err(errs) => fail(&errs),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&cfg.log_level))
+        .with_writer(std::io::stderr)
+        .init();
+    if flags.check_config {
+        // Load certificates and keys too: a config that parses but cannot start is not OK.
+        match kcdproxy::runtime::prepare(cfg) {
+            Ok(_) => {
+                println!("configuration OK");
+                return;
             }
-            std::process::exit(2);
+            Err(errs) => fail(&errs),
         }
     }
+    if let Err(errs) = kcdproxy::runtime::run(cfg) {
+        fail(&errs);
+    }
+}
+
+fn fail(errs: &[String]) -> ! {
+    for e in errs {
+        eprintln!("kcdproxy: {e}");
+    }
+    std::process::exit(2);
 }

@@ -80,3 +80,34 @@ impl Io for TcpIo {
         let _ = self.stream.shutdown(Shutdown::Both);
     }
 }
+
+impl TcpIo {
+    /// True when the peer has closed (or reset) this idle connection: a non-blocking peek
+    /// returns 0 or an error other than "would block". Used before reusing a pooled backend
+    /// connection, so a request is not written into a socket the backend already closed.
+    pub fn peer_closed(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let fd = self.stream.as_raw_fd();
+        let mut byte = 0u8;
+        // SAFETY: recv writes at most 1 byte into `byte`, which lives for the call; the fd is
+        // owned by `self.stream` and open for the duration of the call.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        if n == 0 {
+            return true;
+        }
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return e.kind() != io::ErrorKind::WouldBlock;
+        }
+        // Unsolicited bytes on an idle HTTP/1.1 backend connection (e.g. a 408 it sent before
+        // closing) make it unusable too.
+        true
+    }
+}

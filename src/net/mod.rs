@@ -8,5 +8,7 @@
 pub mod bufpool;
 pub mod io;
 pub mod listener;
+pub mod stream;
 
 pub use io::{Io, TcpIo};
+pub use stream::Stream;

@@ -1,0 +1,59 @@
+//! A byte stream that is either plain TCP or TLS over TCP: what a client connection or a backend
+//! connection is, decided at accept/connect time. An enum, not a trait object, so the hot path
+//! is a predictable branch and the futures need no boxing.
+
+use std::io;
+
+use super::io::{Io, TcpIo};
+use crate::tls::TlsStream;
+
+pub enum Stream {
+    Plain(TcpIo),
+    // Boxed: a TLS session is several KiB and most streams in a mixed deployment are one kind;
+    // keeping the enum small keeps the per-connection future small.
+    Tls(Box<TlsStream<TcpIo>>),
+}
+
+impl Stream {
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Stream::Tls(_))
+    }
+
+    /// The TCP stream underneath, for socket-level checks (liveness peeks).
+    pub fn tcp(&self) -> &TcpIo {
+        match self {
+            Stream::Plain(t) => t,
+            Stream::Tls(t) => t.get_ref(),
+        }
+    }
+}
+
+impl Io for Stream {
+    async fn read(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        match self {
+            Stream::Plain(s) => s.read(buf).await,
+            Stream::Tls(s) => s.read(buf).await,
+        }
+    }
+
+    async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        match self {
+            Stream::Plain(s) => s.write_all(buf).await,
+            Stream::Tls(s) => s.write_all(buf).await,
+        }
+    }
+
+    async fn close(&self) {
+        match self {
+            Stream::Plain(s) => s.close().await,
+            Stream::Tls(s) => s.close().await,
+        }
+    }
+
+    fn shutdown(&self) {
+        match self {
+            Stream::Plain(s) => s.shutdown(),
+            Stream::Tls(s) => s.shutdown(),
+        }
+    }
+}

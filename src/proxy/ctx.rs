@@ -1,0 +1,152 @@
+//! The state one worker (core) shares between its connections. Single-threaded: `Cell`,
+//! `RefCell` and `Rc`, no locks.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use slab::Slab;
+use tokio::sync::Notify;
+
+use crate::accesslog::AccessLog;
+use crate::config::{Backend, Config};
+use crate::http1::Limits;
+use crate::upstream::Pool;
+
+/// Immutable configuration shared by all workers, built once at start-up.
+pub struct Shared {
+    pub cfg: Config,
+    pub tls_server: Option<Arc<rustls::ServerConfig>>,
+    pub tls_client: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// A live client connection, as the worker's slab records it.
+pub struct ConnInfo {
+    pub peer: std::net::SocketAddr,
+    pub since: std::time::Instant,
+}
+
+pub struct WorkerCtx {
+    pub id: usize,
+    pub shared: Arc<Shared>,
+    pub limits: Limits,
+    /// Per route: its backends, shared by every pool key that names them.
+    pub backends: Vec<Vec<Rc<Backend>>>,
+    /// Per route: the Host header to send when the route rewrites it.
+    pub host_override: Vec<Option<String>>,
+    /// Round-robin position per route.
+    rr: Vec<Cell<usize>>,
+    pub pool: RefCell<Pool>,
+    pub log: AccessLog,
+    /// The connection slab. INVARIANT: holds exactly the connections this worker is serving.
+    pub conns: RefCell<Slab<ConnInfo>>,
+    pub max_conns: usize,
+    draining: Cell<bool>,
+    /// Woken when draining starts (idle connections and accept loops stop).
+    drain_started: Notify,
+    /// Woken when the last connection ends.
+    all_closed: Notify,
+}
+
+impl WorkerCtx {
+    pub fn new(id: usize, shared: Arc<Shared>, log: AccessLog) -> Self {
+        let cfg = &shared.cfg;
+        let backends: Vec<Vec<Rc<Backend>>> = cfg
+            .routes
+            .routes()
+            .iter()
+            .map(|r| r.backends.iter().map(|b| Rc::new(b.clone())).collect())
+            .collect();
+        let host_override = cfg
+            .routes
+            .routes()
+            .iter()
+            .map(|r| {
+                r.options
+                    .rewrite_host
+                    .then(|| format!("{}:{}", r.backends[0].host, r.backends[0].port))
+            })
+            .collect();
+        let rr = (0..backends.len()).map(|_| Cell::new(id)).collect();
+        let max_conns = cfg.max_connections.div_ceil(cfg.workers.max(1));
+        WorkerCtx {
+            id,
+            limits: Limits {
+                max_head_bytes: cfg.max_header_bytes,
+                max_headers: cfg.max_headers,
+                max_request_line: MAX_REQUEST_LINE.min(cfg.max_header_bytes),
+            },
+            backends,
+            host_override,
+            rr,
+            pool: RefCell::new(Pool::new(cfg.backend_pool_size, cfg.timeouts.backend_idle)),
+            log,
+            conns: RefCell::new(Slab::new()),
+            max_conns,
+            draining: Cell::new(false),
+            drain_started: Notify::new(),
+            all_closed: Notify::new(),
+            shared,
+        }
+    }
+
+    /// The next backend of route `route`, round robin.
+    pub fn pick_backend(&self, route: usize) -> Rc<Backend> {
+        let list = &self.backends[route];
+        let i = self.rr[route].get();
+        self.rr[route].set(i.wrapping_add(1));
+        list[i % list.len()].clone()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.get()
+    }
+
+    pub fn start_drain(&self) {
+        self.draining.set(true);
+        self.drain_started.notify_waiters();
+        if self.conns.borrow().is_empty() {
+            self.all_closed.notify_waiters();
+        }
+    }
+
+    /// Resolves once draining has started (immediately if it already has).
+    pub async fn drain_signal(&self) {
+        let notified = self.drain_started.notified();
+        if self.draining.get() {
+            return;
+        }
+        notified.await
+    }
+
+    /// Resolves once no connection is left.
+    pub async fn wait_all_closed(&self) {
+        loop {
+            let notified = self.all_closed.notified();
+            if self.conns.borrow().is_empty() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    pub fn conn_opened(&self, info: ConnInfo) -> Option<usize> {
+        let mut conns = self.conns.borrow_mut();
+        if conns.len() >= self.max_conns {
+            return None;
+        }
+        Some(conns.insert(info))
+    }
+
+    pub fn conn_closed(&self, key: usize) {
+        let mut conns = self.conns.borrow_mut();
+        conns.try_remove(key);
+        if conns.is_empty() && self.draining.get() {
+            self.all_closed.notify_waiters();
+        }
+    }
+}
+
+/// Longest request line accepted (→ 414 beyond). IIS's own default limits (maxUrl 4096 +
+/// maxQueryString 2048) fit with room; SharePoint's long query strings too.
+pub const MAX_REQUEST_LINE: usize = 16 * 1024;

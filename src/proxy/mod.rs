@@ -1,0 +1,606 @@
+//! The phase sequence of a client connection, fixed and in one place:
+//!
+//! ```text
+//! read head ─► parse, validate framing ─► route ─► backend connection ─► write head
+//!   ─► [100 Continue] ─► request body ║ response head + body ─► log ─► keep-alive?
+//! ```
+//!
+//! Connection state ([`Client`]) is kept apart from request state: the head buffer, the count
+//! of requests, and a backend connection that became private to this client (connection-bound
+//! authentication) live as long as the TCP connection; everything else lives for one request.
+//!
+//! Every failure becomes an [`Error`]; [`respond`] turns it into the client's answer.
+
+pub mod body;
+pub mod ctx;
+mod io_util;
+pub mod respond;
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Instant as StdInstant;
+
+use futures_util::future::{select, Either};
+use tokio::time::Instant;
+
+use self::body::{Progress, RelayErr, ReqBody, RespReq};
+use self::ctx::WorkerCtx;
+use self::io_util::{read_by, write_by, ReadErr};
+use crate::accesslog::Entry;
+use crate::config::Backend;
+use crate::error::{Error, ErrorKind, Side};
+use crate::http1::{self, BodyFraming, ChunkedDecoder, RequestHead};
+use crate::net::{bufpool, Io, Stream};
+use crate::upstream::{self, BackendConn, PoolKey};
+
+/// Initial head buffer of a connection. An idle keep-alive connection holds only this (and its
+/// task): large buffers are borrowed from the per-core pool while a body moves.
+const HEAD_BUF: usize = 4096;
+
+/// Bytes and time spent reading a rejected request's leftovers before closing, so the client
+/// reads our error response instead of a reset (a close with unread data sends RST).
+const LINGER_BYTES: usize = 1 << 20;
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// State of one client connection.
+struct Client {
+    stream: Stream,
+    peer: SocketAddr,
+    /// The current request head followed by any bytes already read past it.
+    buf: Vec<u8>,
+    requests: u64,
+    /// A backend connection bound to this client because it carried connection-oriented
+    /// authentication (NTLM/Negotiate). INVARIANT: never returned to the shared pool.
+    private_backend: Option<BackendConn>,
+}
+
+enum Next {
+    KeepAlive,
+    Close,
+    /// Close after reading (bounded) what the client still sends.
+    Linger,
+}
+
+/// Serves one accepted client connection until it closes.
+pub async fn serve_connection(
+    stream: Stream,
+    peer: SocketAddr,
+    ctx: Rc<WorkerCtx>,
+    accepted: Instant,
+) {
+    let mut c = Client {
+        stream,
+        peer,
+        buf: Vec::with_capacity(HEAD_BUF),
+        requests: 0,
+        private_backend: None,
+    };
+    let mut next = Next::Close;
+    loop {
+        let started = StdInstant::now();
+        let head = match read_head(&mut c, &ctx, accepted).await {
+            Ok(Some(h)) => h,
+            Ok(None) => break,
+            Err(e) => {
+                next =
+                    answer_error(&mut c, &ctx, None, &e, started, &Progress::default(), None).await;
+                break;
+            }
+        };
+        c.requests += 1;
+        next = handle_request(&mut c, &ctx, head, started).await;
+        if !matches!(next, Next::KeepAlive) {
+            break;
+        }
+        // Give back what a large head took; an idle connection keeps HEAD_BUF.
+        if c.buf.capacity() > 2 * HEAD_BUF && c.buf.len() <= HEAD_BUF {
+            c.buf.shrink_to(HEAD_BUF);
+        }
+    }
+    if let Some(b) = c.private_backend.take() {
+        b.stream.shutdown();
+    }
+    // Half-close first: the client sees the end of our response; with Linger we then read
+    // (and drop) what it still sends, so our close does not turn into a reset that destroys
+    // the response in its receive buffer.
+    c.stream.close().await;
+    if matches!(next, Next::Linger) {
+        linger(&c.stream).await;
+    }
+}
+
+/// Reads until a complete request head is in `c.buf`. `Ok(None)`: the client went away (or
+/// the worker is draining) between requests, which is not an error.
+async fn read_head(
+    c: &mut Client,
+    ctx: &WorkerCtx,
+    accepted: Instant,
+) -> Result<Option<RequestHead>, Error> {
+    let t = &ctx.shared.cfg.timeouts;
+    // The first request's head must arrive within the header timeout of the accept; later
+    // ones within the header timeout of their first byte, after at most the idle timeout.
+    let mut head_deadline = (c.requests == 0).then(|| accepted + t.header);
+    loop {
+        if !c.buf.is_empty() {
+            match http1::parse_request(&c.buf, &ctx.limits) {
+                Ok(Some(h)) => return Ok(Some(h)),
+                Ok(None) => {}
+                Err(e) => return Err(e.into_error(Side::Downstream)),
+            }
+            head_deadline.get_or_insert_with(|| Instant::now() + t.header);
+        }
+        if c.buf.len() == c.buf.capacity() {
+            let room =
+                c.buf.capacity().max(HEAD_BUF).min(
+                    ctx.limits.max_head_bytes + 1 - c.buf.len().min(ctx.limits.max_head_bytes),
+                );
+            c.buf.reserve(room.max(1));
+        }
+        let waiting = c.buf.is_empty();
+        let deadline = match head_deadline {
+            Some(d) if !waiting || c.requests == 0 => d,
+            _ => Instant::now() + t.client_idle,
+        };
+        let buf = std::mem::take(&mut c.buf);
+        let res = if waiting {
+            // Between requests: a draining worker closes the connection right away.
+            tokio::select! {
+                r = read_by(&c.stream, buf, deadline) => r,
+                _ = ctx.drain_signal() => {
+                    c.stream.shutdown();
+                    return Ok(None);
+                }
+            }
+        } else {
+            read_by(&c.stream, buf, deadline).await
+        };
+        match res {
+            Ok((0, buf)) => {
+                c.buf = buf;
+                if waiting {
+                    return Ok(None);
+                }
+                return Err(Error::new(
+                    ErrorKind::ClientClosed,
+                    "client closed mid-head",
+                ));
+            }
+            Ok((_, buf)) => c.buf = buf,
+            Err((ReadErr::Timeout, _)) if waiting && c.requests > 0 => return Ok(None),
+            Err((ReadErr::Timeout, _)) => {
+                return Err(Error::new(
+                    ErrorKind::ClientHeaderTimeout,
+                    "request head not received within --header-timeout",
+                ))
+            }
+            Err((ReadErr::Io(_), _)) if waiting => return Ok(None),
+            Err((ReadErr::Io(e), _)) => {
+                return Err(Error::with_cause(
+                    ErrorKind::ClientClosed,
+                    "reading the head",
+                    e,
+                ))
+            }
+        }
+    }
+}
+
+/// Per-request facts the log needs beyond [`Progress`].
+#[derive(Default)]
+struct ReqLog {
+    backend: Option<Rc<Backend>>,
+    reused: bool,
+}
+
+async fn handle_request(
+    c: &mut Client,
+    ctx: &WorkerCtx,
+    head: RequestHead,
+    started: StdInstant,
+) -> Next {
+    let p = Progress::default();
+    let mut rl = ReqLog::default();
+    match exchange(c, ctx, &head, &p, &mut rl).await {
+        Ok((next, consumed, leftover)) => {
+            log_request(c, ctx, Some(&head), started, &p, &rl, None);
+            c.buf.drain(..consumed.min(c.buf.len()));
+            c.buf.extend_from_slice(&leftover);
+            next
+        }
+        Err((e, framing_known)) => {
+            answer_error(
+                c,
+                ctx,
+                Some(&head),
+                &e,
+                started,
+                &p,
+                framing_known.then_some(&rl),
+            )
+            .await
+        }
+    }
+}
+
+/// Sends the error's response if none has started, logs the request, and says whether the
+/// connection can go on. Only errors that leave the framing intact on a body-less request keep
+/// the connection.
+async fn answer_error(
+    c: &mut Client,
+    ctx: &WorkerCtx,
+    head: Option<&RequestHead>,
+    e: &Error,
+    started: StdInstant,
+    p: &Progress,
+    keep: Option<&ReqLog>,
+) -> Next {
+    let can_keep = keep.is_some() && respond::keeps_connection(e.kind) && !ctx.is_draining();
+    let mut next = if can_keep {
+        Next::KeepAlive
+    } else {
+        Next::Close
+    };
+    if !p.response_started.get() {
+        let mut out = Vec::new();
+        if let Some(status) = respond::error_response(e, can_keep, &mut out) {
+            p.status.set(status);
+            let n = out.len();
+            let deadline = Instant::now() + ctx.shared.cfg.timeouts.client_idle;
+            if write_by(&c.stream, out, deadline).await.is_ok() {
+                p.bytes_out.set(p.bytes_out.get() + n as u64);
+                if !can_keep
+                    && e.side() == Side::Downstream
+                    && e.kind != ErrorKind::ClientHeaderTimeout
+                {
+                    next = Next::Linger;
+                }
+            } else {
+                next = Next::Close;
+            }
+        }
+    }
+    let rl_default = ReqLog::default();
+    log_request(
+        c,
+        ctx,
+        head,
+        started,
+        p,
+        keep.unwrap_or(&rl_default),
+        Some(e),
+    );
+    if matches!(next, Next::KeepAlive) {
+        if let Some(h) = head {
+            c.buf.drain(..h.head_len.min(c.buf.len()));
+        }
+    }
+    match e.side() {
+        Side::Downstream | Side::Internal => {
+            tracing::debug!(peer = %c.peer, error = %e, "request failed")
+        }
+        _ => tracing::info!(peer = %c.peer, error = %e, "request failed"),
+    }
+    next
+}
+
+fn log_request(
+    c: &Client,
+    ctx: &WorkerCtx,
+    head: Option<&RequestHead>,
+    started: StdInstant,
+    p: &Progress,
+    rl: &ReqLog,
+    err: Option<&Error>,
+) {
+    if !ctx.log.enabled() {
+        return;
+    }
+    let backend = rl.backend.as_ref().map(|b| b.display());
+    let detail = err.map(|e| e.to_string());
+    ctx.log.log(&Entry {
+        client: Some(c.peer.ip()),
+        tls: c.stream.is_tls(),
+        method: head.map_or(&b"-"[..], |h| h.method(&c.buf)),
+        path: head.map_or(&b"-"[..], |h| h.target(&c.buf)),
+        status: p.status.get(),
+        bytes_in: p.bytes_in.get(),
+        bytes_out: p.bytes_out.get(),
+        duration: started.elapsed(),
+        backend: backend.as_deref(),
+        reused: rl.reused,
+        reason: err.map(|e| e.kind.as_str()),
+        detail: detail.as_deref(),
+    });
+}
+
+/// A failed exchange: the error, and whether the request's framing was understood and the
+/// body (if any) was not started (so the connection could continue).
+type Failed = (Error, bool);
+
+/// Proxies one request. On success: what to do with the connection, how many bytes of
+/// `c.buf` the request used, and bytes read past its end (pipelined).
+async fn exchange(
+    c: &mut Client,
+    ctx: &WorkerCtx,
+    head: &RequestHead,
+    p: &Progress,
+    rl: &mut ReqLog,
+) -> Result<(Next, usize, Vec<u8>), Failed> {
+    let cfg = &ctx.shared.cfg;
+    let meta =
+        http1::request_meta(&c.buf, head).map_err(|e| (e.into_error(Side::Downstream), false))?;
+    let bodyless = meta.framing == BodyFraming::None;
+    let method = head.method(&c.buf);
+    if method == b"CONNECT" {
+        return Err((
+            Error::new(ErrorKind::MethodNotAllowed, "CONNECT is not proxied"),
+            bodyless,
+        ));
+    }
+    // RFC 9112 §3.2.2: an absolute-form target's authority overrides Host.
+    let host = head
+        .target_authority(&c.buf)
+        .or(meta.host.map(|s| s.get(&c.buf)));
+    let route = cfg.routes.find(host, head.path(&c.buf)).ok_or_else(|| {
+        (
+            Error::new(ErrorKind::NoRoute, "no route for this host and path"),
+            bodyless,
+        )
+    })?;
+    let backend = ctx.pick_backend(route);
+    rl.backend = Some(backend.clone());
+    let conn_auth = head
+        .headers_named(&c.buf, "authorization")
+        .any(body::is_conn_auth_scheme);
+
+    // What of the body is already in the head buffer.
+    let after_head = c.buf.len() - head.head_len;
+    let (mut body, initial) = match meta.framing {
+        BodyFraming::Length(n) => {
+            let mut b = ReqBody::Length(n);
+            let k = b.frame(&c.buf[head.head_len..]).map_err(|e| (e, false))?;
+            (Some(b), k)
+        }
+        BodyFraming::Chunked => {
+            let mut b = ReqBody::Chunked(ChunkedDecoder::new());
+            let k = b.frame(&c.buf[head.head_len..]).map_err(|e| (e, false))?;
+            (Some(b), k)
+        }
+        _ => (None, 0),
+    };
+    if body.as_ref().is_some_and(ReqBody::is_done) {
+        body = None;
+    }
+    debug_assert!(initial <= after_head);
+    p.bytes_in.set(initial as u64);
+    let consumed = head.head_len + initial;
+    let forward_framing = match meta.framing {
+        BodyFraming::Length(n) => BodyFraming::Length(n),
+        BodyFraming::Chunked => BodyFraming::Chunked,
+        _ => BodyFraming::None,
+    };
+    let proto = if c.stream.is_tls() { "https" } else { "http" };
+
+    let mut attempt = 0;
+    let mut continue_sent = false;
+    loop {
+        // ---- backend connection ----
+        let (mut bconn, reused) = backend_conn(c, ctx, &backend, attempt > 0)
+            .await
+            .map_err(|e| (e, bodyless))?;
+        rl.reused = reused;
+
+        // ---- head (and the body bytes that came with it) ----
+        let mut out = bufpool::take();
+        let info = http1::ForwardInfo {
+            client_ip: c.peer.ip(),
+            proto,
+            host_override: ctx.host_override[route].as_deref(),
+            framing: forward_framing,
+            drop_headers: &[],
+            extra_headers: &[],
+        };
+        http1::encode_request_head(&c.buf, head, &info, &mut out);
+        out.extend_from_slice(&c.buf[head.head_len..consumed]);
+        let deadline = Instant::now() + cfg.timeouts.backend;
+        match write_by(&bconn.stream, out, deadline).await {
+            Ok(b) => bufpool::give(b),
+            Err(_) if reused && attempt == 0 => {
+                attempt += 1;
+                continue;
+            }
+            Err(_) => {
+                return Err((
+                    Error::new(
+                        ErrorKind::BackendConnect,
+                        "backend closed while the request head was sent",
+                    ),
+                    bodyless,
+                ))
+            }
+        }
+        bconn.requests += 1;
+
+        // ---- 100 Continue: the client may wait for it before sending the body ----
+        if meta.expect_continue && body.is_some() && !continue_sent {
+            let mut out = Vec::with_capacity(32);
+            http1::encode_simple_response(100, "Continue", &[], &[], true, &mut out);
+            let deadline = Instant::now() + cfg.timeouts.client_idle;
+            write_by(&c.stream, out, deadline).await.map_err(|_| {
+                (
+                    Error::new(ErrorKind::ClientClosed, "writing 100 Continue"),
+                    false,
+                )
+            })?;
+            continue_sent = true;
+        }
+
+        let rreq = RespReq {
+            method: head.method(&c.buf),
+            client_version: head.version,
+            keep_alive: meta.keep_alive,
+            reused,
+        };
+
+        // ---- bodies ----
+        let Some(rest) = body.take() else {
+            // Nothing more to send: only the response moves.
+            let res = body::relay_response(&c.stream, &bconn.stream, rreq, ctx, p).await;
+            return match res {
+                Ok(done) => {
+                    finish_backend(
+                        c,
+                        ctx,
+                        bconn,
+                        done.backend_reusable,
+                        conn_auth || done.conn_auth_challenge,
+                    );
+                    let next = if done.client_keep_alive {
+                        Next::KeepAlive
+                    } else {
+                        Next::Close
+                    };
+                    Ok((next, consumed, Vec::new()))
+                }
+                Err(RelayErr::EmptyReply(_)) if attempt == 0 && !p.response_started.get() => {
+                    bconn.stream.shutdown();
+                    attempt += 1;
+                    continue;
+                }
+                Err(e) => {
+                    bconn.stream.shutdown();
+                    Err((e.into_error(), bodyless))
+                }
+            };
+        };
+
+        // Both directions at once: the backend may answer before the body is complete
+        // (an early 413/401), and RPC_IN/OUT_DATA-style exchanges need both flowing.
+        enum Outcome {
+            Both(body::RespDone, body::ReqBodyDone),
+            /// The response ended while the body was still coming.
+            EarlyResponse,
+            Failed(Error),
+        }
+        let outcome = {
+            let req_fut = body::pump_request(&c.stream, &bconn.stream, rest, ctx, p);
+            let resp_fut = body::relay_response(&c.stream, &bconn.stream, rreq, ctx, p);
+            futures_util::pin_mut!(req_fut, resp_fut);
+            match select(req_fut, resp_fut).await {
+                Either::Left((Ok(reqd), resp_fut)) => match resp_fut.await {
+                    Ok(done) => Outcome::Both(done, reqd),
+                    // The backend stopped reading and then failed: its first error is the cause.
+                    Err(e) => Outcome::Failed(match reqd.backend_stopped {
+                        Some(first) if !p.response_started.get() => first,
+                        _ => e.into_error(),
+                    }),
+                },
+                Either::Left((Err(e), _)) => Outcome::Failed(e),
+                Either::Right((Ok(_), _)) => Outcome::EarlyResponse,
+                Either::Right((Err(e), _)) => Outcome::Failed(e.into_error()),
+            }
+        };
+        return match outcome {
+            Outcome::EarlyResponse => {
+                // The client's next bytes are the rest of the body, so the connection ends
+                // here; shutting it down also completes the client read left in flight.
+                bconn.stream.shutdown();
+                c.stream.shutdown();
+                Ok((Next::Close, consumed, Vec::new()))
+            }
+            Outcome::Both(done, reqd) => {
+                let clean = done.backend_reusable && reqd.backend_stopped.is_none();
+                finish_backend(c, ctx, bconn, clean, conn_auth || done.conn_auth_challenge);
+                let next = if done.client_keep_alive && reqd.backend_stopped.is_none() {
+                    Next::KeepAlive
+                } else {
+                    Next::Close
+                };
+                Ok((next, consumed, reqd.leftover))
+            }
+            Outcome::Failed(e) => {
+                bconn.stream.shutdown();
+                Err((e, false))
+            }
+        };
+    }
+}
+
+/// The backend connection for this request: the client's private one when it is for the same
+/// backend, else an idle pooled one, else a new one. `fresh` skips reuse (a retry after a stale
+/// pooled connection).
+async fn backend_conn(
+    c: &mut Client,
+    ctx: &WorkerCtx,
+    backend: &Rc<Backend>,
+    fresh: bool,
+) -> Result<(BackendConn, bool), Error> {
+    if let Some(pb) = c.private_backend.take() {
+        if !fresh && *pb.key.backend == **backend && !pb.stream.tcp().peer_closed() {
+            return Ok((pb, true));
+        }
+        pb.stream.shutdown();
+    }
+    let key = PoolKey {
+        backend: backend.clone(),
+        identity: None,
+    };
+    if !fresh {
+        if let Some(bc) = ctx.pool.borrow_mut().take(&key) {
+            return Ok((bc, true));
+        }
+    }
+    let cfg = &ctx.shared.cfg;
+    let stream = upstream::connect(
+        backend,
+        ctx.shared.tls_client.as_ref(),
+        cfg.timeouts.backend_connect,
+    )
+    .await?;
+    Ok((
+        BackendConn {
+            stream,
+            key,
+            requests: 0,
+        },
+        false,
+    ))
+}
+
+/// After a response: pool the backend connection, keep it private to this client, or close it.
+fn finish_backend(
+    c: &mut Client,
+    ctx: &WorkerCtx,
+    bconn: BackendConn,
+    reusable: bool,
+    private: bool,
+) {
+    if !reusable || ctx.is_draining() {
+        bconn.stream.shutdown();
+    } else if private || c.private_backend.is_some() {
+        if let Some(old) = c.private_backend.replace(bconn) {
+            old.stream.shutdown();
+        }
+    } else {
+        ctx.pool.borrow_mut().put(bconn);
+    }
+}
+
+/// Half-closes, then reads and discards what the client still sends (bounded in bytes and
+/// time), so the error response is read before the connection is torn down.
+async fn linger(stream: &Stream) {
+    let deadline = Instant::now() + LINGER_TIME;
+    let mut total = 0;
+    let mut buf = bufpool::take();
+    while total < LINGER_BYTES {
+        buf.clear();
+        match read_by(stream, buf, deadline).await {
+            Ok((0, _)) | Err(_) => return,
+            Ok((n, b)) => {
+                total += n;
+                buf = b;
+            }
+        }
+    }
+    bufpool::give(buf);
+}

@@ -1,0 +1,142 @@
+//! Threads: one pinned OS thread per worker, each running its own tokio-uring runtime with its
+//! own listeners (SO_REUSEPORT), connection slab, buffer pool, backend pool and access-log
+//! buffer. The only cross-thread traffic is the shutdown signal.
+//!
+//! Shutdown: the first SIGTERM/SIGINT starts a drain: every worker stops accepting (its
+//! listening sockets are shut down, so new connections are refused), idle connections close,
+//! and in-flight requests may finish until `--drain-timeout`. A second signal exits at once.
+
+mod worker;
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::accesslog::Sink;
+use crate::config::{Config, Scheme};
+use crate::net::listener::bind_reuseport;
+use crate::proxy::ctx::Shared;
+use crate::tls;
+
+/// Builds everything that can fail at start-up (TLS configs, log file, listening sockets)
+/// before any worker starts, then runs the workers until they have drained.
+pub fn run(cfg: Config) -> Result<(), Vec<String>> {
+    let shared = Arc::new(prepare(cfg)?);
+    let cfg = &shared.cfg;
+    let sink = Sink::open(&cfg.access_log)
+        .map_err(|e| vec![format!("access log {:?}: {e}", cfg.access_log)])?;
+
+    // Every worker binds its own socket per listener, so a port conflict is reported now.
+    let mut sockets = Vec::with_capacity(cfg.workers);
+    for _ in 0..cfg.workers {
+        let mut mine = Vec::new();
+        for l in &cfg.listeners {
+            let s = bind_reuseport(l.addr, 4096)
+                .map_err(|e| vec![format!("listen {}: {e}", l.addr)])?;
+            mine.push((s, l.tls));
+        }
+        sockets.push(mine);
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    spawn_signal_thread(stop_tx)?;
+
+    let mut threads = Vec::with_capacity(cfg.workers);
+    for (id, listeners) in sockets.into_iter().enumerate() {
+        let shared = shared.clone();
+        let cpu = shared.cfg.cpus.get(id).copied();
+        let stop = stop_rx.clone();
+        let sink = sink.clone();
+        let t = std::thread::Builder::new()
+            .name(format!("kcd-worker-{id}"))
+            .spawn(move || worker::run(id, cpu, listeners, shared, sink, stop))
+            .map_err(|e| vec![format!("spawning worker {id}: {e}")])?;
+        threads.push(t);
+    }
+    tracing::info!(
+        workers = cfg.workers,
+        listeners = ?cfg.listeners.iter().map(|l| (l.addr, l.tls)).collect::<Vec<_>>(),
+        "kcdproxy started"
+    );
+    let mut failed = Vec::new();
+    for (id, t) in threads.into_iter().enumerate() {
+        match t.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failed.push(format!("worker {id}: {e}")),
+            Err(_) => failed.push(format!("worker {id} panicked")),
+        }
+    }
+    if failed.is_empty() {
+        tracing::info!("kcdproxy stopped");
+        Ok(())
+    } else {
+        Err(failed)
+    }
+}
+
+/// Loads certificates and keys and builds the TLS configurations, reporting every problem.
+pub fn prepare(cfg: Config) -> Result<Shared, Vec<String>> {
+    let mut errs = Vec::new();
+    let tls_server = if cfg.listeners.iter().any(|l| l.tls) || !cfg.tls_certs.is_empty() {
+        match tls::server_config(&cfg.tls_certs) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                errs.extend(e);
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let https = cfg
+        .routes
+        .routes()
+        .iter()
+        .flat_map(|r| &r.backends)
+        .any(|b| b.scheme == Scheme::Https);
+    let tls_client = if https {
+        match tls::client_config(cfg.backend_ca.as_deref()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                errs.push(e);
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if !errs.is_empty() {
+        return Err(errs);
+    }
+    Ok(Shared {
+        cfg,
+        tls_server,
+        tls_client,
+    })
+}
+
+fn spawn_signal_thread(stop: watch::Sender<bool>) -> Result<(), Vec<String>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| vec![format!("signal handler: {e}")])?;
+    std::thread::Builder::new()
+        .name("kcd-signals".into())
+        .spawn(move || {
+            let mut seen = 0;
+            for sig in signals.forever() {
+                seen += 1;
+                if seen == 1 {
+                    tracing::info!(
+                        signal = sig,
+                        "draining: no new connections, finishing in-flight requests"
+                    );
+                    let _ = stop.send(true);
+                } else {
+                    tracing::warn!(signal = sig, "second signal: exiting now");
+                    std::process::exit(1);
+                }
+            }
+        })
+        .map_err(|e| vec![format!("signal thread: {e}")])?;
+    Ok(())
+}
