@@ -319,7 +319,12 @@ fn proxy_launcher_reports_a_failed_start_with_stderr() {
         Err(e) => e,
     };
     assert!(err.contains("exited"), "{err}");
-    assert!(err.contains("config error"), "{err}");
+    // The launcher's message carries the proxy's stderr, which names the bad route.
+    assert!(err.contains("--- stderr ---"), "{err}");
+    assert!(
+        err.matches("no-equals-sign").count() >= 2,
+        "stderr should name the bad route: {err}"
+    );
 }
 
 #[test]
