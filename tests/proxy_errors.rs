@@ -529,3 +529,106 @@ fn slow_request_head_is_cut_off_at_the_header_timeout() {
     let r = Client::connect(proxy.port()).get("/alive");
     assert_eq!(r.status(), 200, "{}", r.summary());
 }
+
+#[test]
+fn truncated_backend_response_closes_the_client_connection() {
+    let (_echo, proxy) = echo_and_proxy(&[]);
+    let mut c = proxy.client();
+    c.send(b"GET /truncate?bytes=100000 HTTP/1.1\r\nHost: kcd.test\r\n\r\n");
+    let t = Instant::now();
+    match c.read_final() {
+        Ok(r) => panic!(
+            "the client got a complete response although the backend sent half of it: {}",
+            r.summary()
+        ),
+        Err(e) => assert!(
+            e.contains("closed") || e.contains("reset"),
+            "expected the connection to be closed mid-body: {e}"
+        ),
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    let l = proxy.wait_log_path("/truncate");
+    assert_ne!(
+        l.reason(),
+        Some("-"),
+        "a truncated response is not fine: {}",
+        l.raw
+    );
+}
+
+#[test]
+fn backend_stalling_mid_response_is_cut_at_the_backend_timeout() {
+    let (_echo, proxy) = echo_and_proxy(&["--backend-timeout", "1s"]);
+    let mut c = proxy.client();
+    c.send(b"GET /drip?chunks=3&ms=4000&size=10 HTTP/1.1\r\nHost: kcd.test\r\n\r\n");
+    let head = c.read_head().expect("the response head comes at once");
+    assert_eq!(head.status, 200);
+    let t = Instant::now();
+    let mut got = 0;
+    let r = c.read_body_with(&head, &mut |b| got += b.len());
+    let took = t.elapsed();
+    assert!(r.is_err(), "the stalled body completed?! {got} bytes");
+    assert!(got < 30, "{got} bytes");
+    assert!(
+        took < Duration::from_millis(2500),
+        "connection cut only after {took:?} with --backend-timeout 1s"
+    );
+    proxy
+        .wait_log_path("/drip")
+        .assert_status_reason(200, "backend_timeout");
+}
+
+#[test]
+fn client_stalling_mid_body_is_cut_at_the_client_idle_timeout() {
+    let (echo, proxy) = echo_and_proxy(&["--client-idle-timeout", "1s"]);
+    let mut c = proxy.client();
+    c.send(b"POST /stalled HTTP/1.1\r\nHost: kcd.test\r\nContent-Length: 100\r\n\r\n0123456789");
+    let t = Instant::now();
+    let got = c
+        .wait_closed(Duration::from_secs(4))
+        .unwrap_or_else(|e| panic!("client stalled mid-body, --client-idle-timeout 1s: {e}"));
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_millis(2500),
+        "closed after {took:?}"
+    );
+    if !got.is_empty() {
+        assert!(
+            got.starts_with(b"HTTP/1.1 408"),
+            "the only acceptable answer is 408: {:?}",
+            preview(&got)
+        );
+    }
+    let l = proxy.wait_log_path("/stalled");
+    assert_eq!(l.reason(), Some("client_body_timeout"), "{}", l.raw);
+    assert_eq!(echo.requests(), 0);
+}
+
+#[test]
+fn client_abort_mid_upload_does_not_poison_the_backend_pool() {
+    let (echo, proxy) = echo_and_proxy(&[]);
+    let mut c = proxy.client();
+    assert_eq!(c.get("/warm").status(), 200);
+    c.send(b"POST /aborted HTTP/1.1\r\nHost: kcd.test\r\nContent-Length: 10485760\r\n\r\n");
+    c.send(&common::pattern::bytes(1 << 20));
+    assert!(
+        common::poll_until(Duration::from_secs(3), || echo
+            .last_head()
+            .is_some_and(|(line, _)| line.starts_with("POST /aborted "))),
+        "the upload never reached the backend"
+    );
+    drop(c);
+    // The backend connection carried half a body: the proxy must close it, never reuse it.
+    assert!(
+        common::poll_until(Duration::from_secs(3), || echo.closed() >= 1),
+        "the proxy kept the backend connection of an aborted upload open"
+    );
+    let r = proxy.client().get("/after-abort");
+    assert_eq!(r.status(), 200, "{}", r.summary());
+    assert_eq!(r.json()["conn_request"], 1, "{}", r.summary());
+    assert_eq!(echo.requests(), 2);
+}

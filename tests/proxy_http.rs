@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::client::Framing;
+use common::client::{Client, Framing};
 use common::echo::Echo;
 use common::proxy::{LogLine, Proxy};
 use common::{pattern, sha256_hex};
@@ -531,4 +531,144 @@ fn idle_keep_alive_connection_is_closed_after_client_idle_timeout() {
         "closed after {:?}, before the idle timeout",
         t.elapsed()
     );
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let (echo, proxy) = setup(&[]);
+    let mut c = proxy.client();
+    let mut burst = Vec::new();
+    burst.extend_from_slice(b"GET /pipe/1 HTTP/1.1\r\nHost: kcd.test\r\n\r\n");
+    burst.extend_from_slice(
+        b"POST /pipe/2 HTTP/1.1\r\nHost: kcd.test\r\nContent-Length: 5\r\n\r\nhello",
+    );
+    burst.extend_from_slice(
+        b"POST /pipe/3 HTTP/1.1\r\nHost: kcd.test\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    );
+    burst.extend_from_slice(b"HEAD /pipe/4 HTTP/1.1\r\nHost: kcd.test\r\n\r\n");
+    burst.extend_from_slice(b"GET /pipe/5 HTTP/1.1\r\nHost: kcd.test\r\n\r\n");
+    c.send(&burst);
+    for (i, body) in [(1, &b""[..]), (2, b"hello"), (3, b"abc")] {
+        let r = c
+            .read_final()
+            .unwrap_or_else(|e| panic!("pipelined response {i}: {e}"));
+        assert_eq!(r.status(), 200, "{}", r.summary());
+        let j = r.json();
+        assert_eq!(j["target"], format!("/pipe/{i}"), "responses out of order");
+        assert_eq!(j["body_sha256"], sha256_hex(body));
+    }
+    c.next_response_answers_head();
+    let r = c.read_final().expect("pipelined HEAD response");
+    assert_eq!(r.header("X-Echo-Method"), Some("HEAD"), "{}", r.summary());
+    assert!(r.body.is_empty());
+    let r = c.read_final().expect("pipelined response 5");
+    assert_eq!(r.json()["target"], "/pipe/5");
+    assert_eq!(echo.requests(), 5);
+}
+
+#[test]
+fn http10_client_gets_no_chunked_response() {
+    let (_echo, proxy) = setup(&[]);
+    let mut c = proxy.client();
+    c.send(b"GET /download?bytes=100000&chunked=1 HTTP/1.0\r\nHost: kcd.test\r\n\r\n");
+    let r = c.read_final().unwrap();
+    assert_eq!(r.status(), 200, "{}", r.summary());
+    assert_ne!(
+        r.head.framing,
+        Framing::Chunked,
+        "HTTP/1.0 clients do not understand chunked: {:?}",
+        r.head.headers
+    );
+    assert_eq!(r.body.len(), 100_000);
+    assert_eq!(pattern::check(0, &r.body), Ok(()));
+    // No keep-alive was asked for: the proxy closes.
+    c.wait_closed(Duration::from_secs(3))
+        .unwrap_or_else(|e| panic!("HTTP/1.0 without keep-alive: {e}"));
+}
+
+#[test]
+fn concurrent_clients_get_their_own_responses() {
+    const CLIENTS: usize = 12;
+    const REQUESTS: usize = 25;
+    let (echo, proxy) = setup(&[]);
+    let port = proxy.port();
+    std::thread::scope(|s| {
+        for i in 0..CLIENTS {
+            s.spawn(move || {
+                let mut c = Client::connect(port);
+                for j in 0..REQUESTS {
+                    let target = format!("/cc/{i}/{j}");
+                    let ctx = |r: &common::client::Response| format!("{target}: {}", r.summary());
+                    match (i + j) % 4 {
+                        0 => {
+                            let r = c.get(&target);
+                            assert_eq!(r.json()["target"], target.as_str(), "{}", ctx(&r));
+                        }
+                        1 => {
+                            let body = pattern::bytes((i * 7919 + j * 104_729) % 150_000);
+                            let r = c.request("POST", &target, &[], &body);
+                            let jv = r.json();
+                            assert_eq!(jv["target"], target.as_str(), "{}", ctx(&r));
+                            assert_eq!(jv["body_sha256"], sha256_hex(&body), "{}", ctx(&r));
+                        }
+                        2 => {
+                            let body = format!("chunked body of {target}");
+                            c.send(
+                                format!(
+                                    "PUT {target} HTTP/1.1\r\nHost: kcd.test\r\n\
+                                     Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+                                    body.len()
+                                )
+                                .as_bytes(),
+                            );
+                            let r = c.read_final().unwrap_or_else(|e| panic!("{target}: {e}"));
+                            let jv = r.json();
+                            assert_eq!(jv["target"], target.as_str(), "{}", ctx(&r));
+                            assert_eq!(jv["body_sha256"], sha256_hex(body.as_bytes()));
+                        }
+                        _ => {
+                            let n = (i * 31 + j * 977) % 200_000;
+                            let chunked = if j % 2 == 0 { "&chunked=1" } else { "" };
+                            let r = c.get(&format!("/download?bytes={n}{chunked}&for={target}"));
+                            assert_eq!(r.body.len(), n, "{}", ctx(&r));
+                            assert_eq!(pattern::check(0, &r.body), Ok(()), "{target}");
+                        }
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(echo.requests(), (CLIENTS * REQUESTS) as u64);
+    assert!(
+        echo.connections() <= 2 * CLIENTS as u64,
+        "{} backend connections for {CLIENTS} concurrent clients",
+        echo.connections()
+    );
+}
+
+#[test]
+fn pooled_connection_closed_by_the_backend_is_not_used() {
+    let (echo, proxy) = setup(&[]);
+    let mut c = proxy.client();
+    let body = pattern::bytes(50_000);
+    for (i, method) in ["GET", "POST"].iter().enumerate() {
+        let r = c.get("/quietclose");
+        assert_eq!(r.status(), 200, "{}", r.summary());
+        // The backend has closed the connection the proxy just pooled.
+        assert!(
+            common::poll_until(Duration::from_secs(3), || echo.closed() > i as u64),
+            "echo did not close"
+        );
+        let target = format!("/after-quiet-close/{method}");
+        let payload: &[u8] = if *method == "POST" { &body } else { b"" };
+        let r = c.request(method, &target, &[], payload);
+        assert_eq!(
+            r.status(),
+            200,
+            "{method} after the backend closed the pooled connection: {}",
+            r.summary()
+        );
+        assert_eq!(r.json()["body_sha256"], sha256_hex(payload));
+    }
+    assert_eq!(echo.requests(), 4);
 }

@@ -183,6 +183,12 @@ impl Client {
         self.s.write_all(bytes)
     }
 
+    /// Marks the next response as the answer to a HEAD request (no body). [`Client::send`]
+    /// does this by itself when the bytes start with `HEAD `; pipelined bursts need it said.
+    pub fn next_response_answers_head(&mut self) {
+        self.head_request = true;
+    }
+
     /// Sends a request with a Content-Length body (none if `body` is empty and the method is
     /// GET/HEAD) and reads the final response. `headers` come after `Host: kcd.test`.
     #[track_caller]

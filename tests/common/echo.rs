@@ -30,6 +30,8 @@
 //! | `/drip?chunks=N&ms=M&size=S` | chunked: N chunks of S pattern bytes, M ms apart |
 //! | `/hop` | the echo JSON plus hop-by-hop response headers a proxy must remove |
 //! | `/garbage` | bytes that are not HTTP, then close |
+//! | `/truncate?bytes=N` | announces N bytes (Content-Length), sends N/2, closes |
+//! | `/quietclose` | the echo JSON as a keep-alive response, then closes anyway |
 //!
 //! A request the echo server finds malformed gets `400` with an `X-Echo-Error` header saying why,
 //! and the connection is closed: a proxy that forwards bad framing shows up as that header.
@@ -59,6 +61,7 @@ pub type RequestHead = (String, Vec<(String, String)>);
 struct Shared {
     stop: AtomicBool,
     connections: AtomicU64,
+    closed: AtomicU64,
     requests: AtomicU64,
     /// The request line and header fields of the latest request head, as soon as it is read
     /// (before its body): lets a test look at a request whose body never completes.
@@ -122,6 +125,11 @@ impl Echo {
         self.shared.connections.load(Ordering::SeqCst)
     }
 
+    /// TCP connections the server has closed (or seen closed) so far.
+    pub fn closed(&self) -> u64 {
+        self.shared.closed.load(Ordering::SeqCst)
+    }
+
     /// Complete requests (head and body read) so far.
     pub fn requests(&self) -> u64 {
         self.shared.requests.load(Ordering::SeqCst)
@@ -159,12 +167,16 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tls: Option<Arc<rustl
         let tls = tls.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("echo-conn-{id}"))
-            .spawn(move || match tls {
-                None => serve(Conn::new(Plain(tcp)), id, &sh),
-                Some(cfg) => match rustls::ServerConnection::new(cfg) {
-                    Ok(sc) => serve(Conn::new(Tls(rustls::StreamOwned::new(sc, tcp))), id, &sh),
-                    Err(e) => eprintln!("echo: TLS setup failed: {e}"),
-                },
+            .spawn(move || {
+                match tls {
+                    None => serve(Conn::new(Plain(tcp)), id, &sh),
+                    Some(cfg) => match rustls::ServerConnection::new(cfg) {
+                        Ok(sc) => serve(Conn::new(Tls(rustls::StreamOwned::new(sc, tcp))), id, &sh),
+                        Err(e) => eprintln!("echo: TLS setup failed: {e}"),
+                    },
+                }
+                // The socket was dropped when `serve` returned.
+                sh.closed.fetch_add(1, Ordering::SeqCst);
             });
         if let Err(e) = spawned {
             eprintln!("echo: cannot spawn a connection thread: {e}");
@@ -619,6 +631,31 @@ fn respond<S: Stream>(c: &mut Conn<S>, req: &Request, ids: &Ids) -> io::Result<b
             let size = req.query_u64("size").unwrap_or(100).max(1) as usize;
             let pause = Duration::from_millis(req.query_u64("ms").unwrap_or(500));
             return send_pattern(c, chunks * size as u64, true, size, pause);
+        }
+        "/truncate" => {
+            // Announces N bytes, sends half, and closes.
+            let n = req.query_u64("bytes").unwrap_or(1000);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {n}\r\n\r\n"
+            );
+            c.write_all(head.as_bytes())?;
+            c.write_all(&pattern::bytes((n / 2) as usize))?;
+            c.flush()?;
+            return Ok(false);
+        }
+        "/quietclose" => {
+            // A complete keep-alive response (no `Connection: close`), then the connection is
+            // closed anyway, as a backend's idle timeout would.
+            let body = echo_json(req, ids);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{}Content-Length: {}\r\n\r\n",
+                echo_headers(req, ids),
+                body.len()
+            );
+            c.write_all(head.as_bytes())?;
+            c.write_all(&body)?;
+            c.flush()?;
+            return Ok(false);
         }
         "/garbage" => {
             c.write_all(b"THIS IS NOT HTTP\r\n\r\n")?;
