@@ -672,3 +672,75 @@ fn pooled_connection_closed_by_the_backend_is_not_used() {
     }
     assert_eq!(echo.requests(), 4);
 }
+
+#[test]
+fn routes_by_host_and_prefix_on_one_client_connection() {
+    let (root, b, other) = (Echo::start(), Echo::start(), Echo::start());
+    let routes = [
+        format!("/={}", root.url()),
+        format!("/b={}", b.url()),
+        format!("other.example/={}", other.url()),
+    ];
+    let proxy = Proxy::start(&[
+        "--route", &routes[0], "--route", &routes[1], "--route", &routes[2],
+    ]);
+    let mut c = proxy.client();
+    for (host, target, want, why) in [
+        ("kcd.test", "/x/1", &root, "catch-all"),
+        ("kcd.test", "/b/1", &b, "prefix /b"),
+        (
+            "kcd.test",
+            "/B/2?q=1",
+            &b,
+            "prefixes compare case-insensitively",
+        ),
+        ("kcd.test", "/b?q=1", &b, "prefix followed by a query"),
+        ("kcd.test", "/bee", &root, "prefixes match whole segments"),
+        ("other.example", "/b/3", &other, "a route with a host wins"),
+        (
+            "OTHER.example:8443",
+            "/y",
+            &other,
+            "host compared without port or case",
+        ),
+        ("kcd.test", "/x/2", &root, "back to the catch-all"),
+    ] {
+        c.send(format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes());
+        let r = c
+            .read_final()
+            .unwrap_or_else(|e| panic!("{host}{target}: {e}"));
+        assert_eq!(r.status(), 200, "{host}{target}: {}", r.summary());
+        let j = r.json();
+        assert_eq!(
+            j["server"].as_u64(),
+            Some(u64::from(want.port())),
+            "{host}{target} ({why}) reached the wrong backend"
+        );
+        assert_eq!(j["target"], target, "the target is forwarded unchanged");
+    }
+    assert_eq!(
+        (root.connections(), b.connections(), other.connections()),
+        (1, 1, 1),
+        "one pooled connection per backend"
+    );
+}
+
+#[test]
+fn backend_response_with_content_length_and_chunked_is_forwarded_dechunked_correctly() {
+    // KB 934022: ISA closed connections whose response had both; RFC 9112 §6.3: chunked wins,
+    // and an intermediary that forwards it removes the Content-Length.
+    let (echo, proxy) = setup(&[]);
+    let mut c = proxy.client();
+    let r = c.get("/cl-and-te");
+    assert_eq!(r.status(), 200, "{}", r.summary());
+    assert_eq!(r.json()["target"], "/cl-and-te");
+    assert!(
+        r.header("Content-Length").is_none() || r.header("Transfer-Encoding").is_none(),
+        "forwarded with both framings: {:?}",
+        r.head.headers
+    );
+    let r = c.get("/after-cl-and-te");
+    assert_eq!(r.status(), 200, "{}", r.summary());
+    assert_eq!(r.json()["target"], "/after-cl-and-te");
+    assert_eq!(echo.requests(), 2);
+}

@@ -3,12 +3,12 @@
 //!
 //! It parses requests and decodes bodies itself (its own chunked decoder, independent of the
 //! proxy's), hashes every body with SHA-256 as it streams in, and answers with JSON describing
-//! what it received:
+//! what it received (`server` is the echo server's own port):
 //!
 //! ```json
 //! {"method":"POST","target":"/x?y=1","version":"HTTP/1.1","headers":[["Host","a"],...],
 //!  "framing":"chunked","body_len":5,"body_sha256":"…","pattern_mismatch":0,"trailers":[],
-//!  "request":3,"connection":1,"conn_request":2}
+//!  "server":41234,"request":3,"connection":1,"conn_request":2}
 //! ```
 //!
 //! `pattern_mismatch` is the offset of the first body byte that differs from
@@ -32,6 +32,7 @@
 //! | `/garbage` | bytes that are not HTTP, then close |
 //! | `/truncate?bytes=N` | announces N bytes (Content-Length), sends N/2, closes |
 //! | `/quietclose` | the echo JSON as a keep-alive response, then closes anyway |
+//! | `/cl-and-te` | the echo JSON chunked, with a wrong Content-Length beside it |
 //!
 //! A request the echo server finds malformed gets `400` with an `X-Echo-Error` header saying why,
 //! and the connection is closed: a proxy that forwards bad framing shows up as that header.
@@ -60,6 +61,7 @@ pub type RequestHead = (String, Vec<(String, String)>);
 #[derive(Default)]
 struct Shared {
     stop: AtomicBool,
+    port: u16,
     connections: AtomicU64,
     closed: AtomicU64,
     requests: AtomicU64,
@@ -90,7 +92,10 @@ impl Echo {
     fn spawn(tls: Option<Arc<rustls::ServerConfig>>) -> Echo {
         let listener = TcpListener::bind("127.0.0.1:0").expect("echo: bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("echo: local_addr");
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            port: addr.port(),
+            ..Shared::default()
+        });
         let is_tls = tls.is_some();
         let sh = shared.clone();
         let accept = std::thread::Builder::new()
@@ -398,6 +403,7 @@ fn serve<S: Stream>(mut c: Conn<S>, conn_id: u64, shared: &Shared) {
         conn_request += 1;
         let request_no = shared.requests.fetch_add(1, Ordering::SeqCst) + 1;
         let ids = Ids {
+            server: shared.port,
             request: request_no,
             connection: conn_id,
             conn_request,
@@ -413,6 +419,8 @@ fn serve<S: Stream>(mut c: Conn<S>, conn_id: u64, shared: &Shared) {
 }
 
 struct Ids {
+    /// The echo server's own port: tells which origin answered.
+    server: u16,
     request: u64,
     connection: u64,
     conn_request: u64,
@@ -657,6 +665,22 @@ fn respond<S: Stream>(c: &mut Conn<S>, req: &Request, ids: &Ids) -> io::Result<b
             c.flush()?;
             return Ok(false);
         }
+        "/cl-and-te" => {
+            // Both framings (HTTP.sys has been seen doing this): chunked wins (RFC 9112 §6.3),
+            // the Content-Length is wrong on purpose.
+            let body = echo_json(req, ids);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{}Content-Length: 3\r\n\
+                 Transfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+                echo_headers(req, ids),
+                body.len()
+            );
+            c.write_all(head.as_bytes())?;
+            c.write_all(&body)?;
+            c.write_all(b"\r\n0\r\n\r\n")?;
+            c.flush()?;
+            return Ok(true);
+        }
         "/garbage" => {
             c.write_all(b"THIS IS NOT HTTP\r\n\r\n")?;
             c.flush()?;
@@ -787,8 +811,14 @@ fn send_pattern<S: Stream>(
 fn echo_headers(req: &Request, ids: &Ids) -> String {
     format!(
         "X-Echo-Method: {}\r\nX-Echo-Body-Len: {}\r\nX-Echo-Body-Sha256: {}\r\n\
-         X-Echo-Request: {}\r\nX-Echo-Conn: {}\r\nX-Echo-Conn-Request: {}\r\n",
-        req.method, req.body_len, req.body_sha256, ids.request, ids.connection, ids.conn_request
+         X-Echo-Server: {}\r\nX-Echo-Request: {}\r\nX-Echo-Conn: {}\r\nX-Echo-Conn-Request: {}\r\n",
+        req.method,
+        req.body_len,
+        req.body_sha256,
+        ids.server,
+        ids.request,
+        ids.connection,
+        ids.conn_request
     )
 }
 
@@ -806,6 +836,7 @@ fn echo_json(req: &Request, ids: &Ids) -> Vec<u8> {
         "body_sha256": req.body_sha256,
         "pattern_mismatch": req.pattern_mismatch,
         "trailers": pairs(&req.trailers),
+        "server": ids.server,
         "request": ids.request,
         "connection": ids.connection,
         "conn_request": ids.conn_request,
