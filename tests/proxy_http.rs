@@ -744,3 +744,35 @@ fn backend_response_with_content_length_and_chunked_is_forwarded_dechunked_corre
     assert_eq!(r.json()["target"], "/after-cl-and-te");
     assert_eq!(echo.requests(), 2);
 }
+
+#[test]
+fn large_backend_response_header_passes() {
+    let (_echo, proxy) = setup(&[]);
+    let r = proxy.client().get("/big-response-header?pad=40000");
+    assert_eq!(r.status(), 200, "{}", r.summary());
+    assert_eq!(r.header("X-Pad").map(str::len), Some(40_000));
+}
+
+#[test]
+fn access_log_lines_are_flushed_promptly_and_escaped() {
+    let (_echo, proxy) = setup(&[]);
+    let mut c = proxy.client();
+    let t = Instant::now();
+    let r = c.get("/log/prompt");
+    assert_eq!(r.status(), 200, "{}", r.summary());
+    // The spec says ~250 ms; allow for a loaded machine, but not for flush-at-exit.
+    let l = proxy.wait_log_line(|l| l.path() == Some("/log/prompt"), Duration::from_secs(1));
+    assert!(t.elapsed() < Duration::from_millis(1500));
+    assert_fine(&l, 200);
+
+    // A target with a quote and a backslash must not break the key=value format.
+    let weird = r#"/log/q"uo\te"#;
+    let r = c.get(weird);
+    assert_eq!(r.status(), 200, "{}", r.summary());
+    let l = proxy.wait_log_line(
+        |l| l.path().is_some_and(|p| p.starts_with("/log/q")),
+        Duration::from_secs(1),
+    );
+    assert_eq!(l.path(), Some(weird), "{}", l.raw);
+    assert_eq!(l.status(), Some(200), "{}", l.raw);
+}

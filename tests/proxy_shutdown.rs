@@ -139,3 +139,24 @@ fn drain_timeout_bounds_the_shutdown() {
     // The client's connection is closed (whatever was or wasn't sent on it).
     c.wait_closed(Duration::from_secs(1)).unwrap();
 }
+
+#[test]
+fn sigint_also_shuts_down_gracefully() {
+    let (_echo, mut proxy) = setup("5s");
+    assert_eq!(proxy.client().get("/before-sigint").status(), 200);
+    let t = Instant::now();
+    proxy.signal(libc::SIGINT);
+    let status = proxy.wait_exit(Duration::from_secs(3));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status: {status}\n{}",
+        proxy.stderr()
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(refused(proxy.port()));
+}

@@ -22,6 +22,7 @@
 //! | path | answer |
 //! | --- | --- |
 //! | anything else | the echo JSON, Content-Length (HEAD: the length, no body) |
+//! | any `?pad=N` | adds an `X-Pad` response header of N bytes (default echo, `/status/N`) |
 //! | `/status/N` | the echo JSON with status N (no body for 204/304) |
 //! | `/slow?ms=N` | sleeps N ms, then the echo JSON |
 //! | `/download?bytes=N[&chunked=1][&chunk=K]` | N bytes of [`pattern`], Content-Length or chunked |
@@ -620,6 +621,10 @@ fn respond<S: Stream>(c: &mut Conn<S>, req: &Request, ids: &Ids) -> io::Result<b
     let path = req.path().to_string();
     let mut status = 200u16;
     let mut extra: Vec<(String, String)> = Vec::new();
+    if let Some(n) = req.query_u64("pad") {
+        // A large response header (SharePoint's FedAuth cookies can be tens of KB).
+        extra.push(("X-Pad".into(), "p".repeat(n as usize)));
+    }
 
     if let Some(code) = path.strip_prefix("/status/") {
         status = code.parse().unwrap_or(500);

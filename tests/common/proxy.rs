@@ -202,16 +202,21 @@ impl Proxy {
 
     /// Sends SIGTERM (graceful shutdown); panics if the process already exited.
     pub fn stop_sigterm(&mut self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    /// Sends `sig`; panics if the process already exited.
+    pub fn signal(&mut self, sig: libc::c_int) {
         assert!(
             self.try_exit().is_none(),
-            "kcdproxy exited ({:?}) before SIGTERM\n--- stderr ---\n{}",
+            "kcdproxy exited ({:?}) before signal {sig}\n--- stderr ---\n{}",
             self.exit,
             self.stderr()
         );
         // SAFETY: kill(2) touches no memory of ours. The pid is our child and has not been
         // reaped (try_exit just saw it running), so it cannot name another process.
-        let rc = unsafe { libc::kill(self.pid(), libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill(SIGTERM): {}", std::io::Error::last_os_error());
+        let rc = unsafe { libc::kill(self.pid(), sig) };
+        assert_eq!(rc, 0, "kill({sig}): {}", std::io::Error::last_os_error());
     }
 
     /// The exit status if the process has exited.
