@@ -71,7 +71,11 @@ fn check_case(extra: &[&str], case: &Case) -> Vec<(&'static str, String)> {
     let r = match c.read_final() {
         Ok(r) => r,
         Err(e) => {
-            problem(format!("no response: {e}"));
+            let stderr = proxy.stderr();
+            let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
+            problem(format!(
+                "no response: {e} (proxy stderr, last lines: {tail:?})"
+            ));
             return problems;
         }
     };

@@ -364,3 +364,24 @@ fn proxy_check_config_accepts_the_test_flags() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn ports_are_never_handed_out_twice_and_listeners_are_attributed() {
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..50 {
+        let [a, b] = common::free_ports::<2>();
+        assert!(seen.insert(a) && seen.insert(b), "port handed out twice");
+    }
+    // The SO_REUSEPORT guard of the launcher: our own listener is found and is ours.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let listening = common::listening_inodes(port);
+    assert_eq!(listening.len(), 1, "{listening:?}");
+    let ours = common::socket_inodes_of(std::process::id() as i32);
+    assert!(
+        ours.contains(&listening[0]),
+        "{listening:?} not in {ours:?}"
+    );
+    drop(l);
+    assert!(common::listening_inodes(port).is_empty());
+}

@@ -17,28 +17,79 @@ pub mod echo;
 pub mod pattern;
 pub mod proxy;
 
+use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// The timeout of every blocking socket read or write done by the fixtures and the client.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A port on 127.0.0.1 that was free a moment ago (bound to port 0, then closed).
+/// A port on 127.0.0.1 that was free a moment ago (bound to port 0, then closed), and never
+/// handed out before by this test process.
 ///
-/// The proxy binds one SO_REUSEPORT socket per worker, so it must be given a concrete port; the
-/// small race with other users of the port is handled by [`proxy::Proxy`] retrying on a new one.
+/// The proxy binds one SO_REUSEPORT socket per worker, so it must be given a concrete port. Two
+/// proxies given the same port would *both* bind it (SO_REUSEPORT) and share its connections
+/// silently, so ports are never handed out twice, and [`proxy::Proxy`] also checks that no other
+/// process listens on its port.
 pub fn free_port() -> u16 {
     free_ports::<1>()[0]
 }
 
-/// `N` distinct free ports (all held open while choosing, so none is handed out twice).
+/// `N` distinct free ports, none handed out before by this process.
 pub fn free_ports<const N: usize>() -> [u16; N] {
-    let held: Vec<TcpListener> = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port"))
-        .collect();
-    std::array::from_fn(|i| held[i].local_addr().expect("local_addr").port())
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    for _ in 0..100 {
+        // All held open while choosing, so the kernel cannot return one twice.
+        let held: Vec<TcpListener> = (0..N)
+            .map(|_| {
+                TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port")
+            })
+            .collect();
+        let ports: [u16; N] =
+            std::array::from_fn(|i| held[i].local_addr().expect("local_addr").port());
+        let mut seen = HANDED_OUT.lock().expect("port registry");
+        if ports.iter().all(|p| !seen.contains(p)) {
+            seen.extend(ports);
+            return ports;
+        }
+    }
+    panic!("no fresh free port after 100 tries");
+}
+
+/// Inodes of the sockets listening on 127.0.0.1:`port` or 0.0.0.0:`port` (IPv4, this network
+/// namespace), from /proc/net/tcp.
+pub fn listening_inodes(port: u16) -> Vec<u64> {
+    let text = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let want = [
+        format!("0100007F:{port:04X}"),
+        format!("00000000:{port:04X}"),
+    ];
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
+            (f.len() > 9 && want.iter().any(|w| w == f[1]) && f[3] == "0A")
+                .then(|| f[9].parse().ok())
+                .flatten()
+        })
+        .collect()
+}
+
+/// Inodes of the sockets process `pid` has open (from its fd links `socket:[N]`).
+pub fn socket_inodes_of(pid: i32) -> Vec<u64> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|t| {
+            let t = t.to_string_lossy().into_owned();
+            t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .collect()
 }
 
 pub fn local(port: u16) -> SocketAddr {

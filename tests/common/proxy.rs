@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::certs::CertPair;
 use super::client::Client;
-use super::{free_ports, local, poll_until, TempDir};
+use super::{free_ports, listening_inodes, local, poll_until, socket_inodes_of, TempDir};
 
 /// How long the proxy may take to listen after being spawned.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -140,7 +140,18 @@ impl Proxy {
                 }
             }
             if ready.iter().all(|r| *r) {
-                return Ok(proxy);
+                // SO_REUSEPORT lets another process listen on the same port and take a share of
+                // the connections: make sure every listener on our ports is our child's.
+                let ours = socket_inodes_of(proxy.pid());
+                let foreign: Vec<u16> = ports
+                    .iter()
+                    .copied()
+                    .filter(|p| listening_inodes(*p).iter().any(|i| !ours.contains(i)))
+                    .collect();
+                if foreign.is_empty() {
+                    return Ok(proxy);
+                }
+                return Err((format!("another process also listens on {foreign:?}"), true));
             }
             if let Some(status) = proxy.try_exit() {
                 let err = proxy.stderr();
