@@ -636,3 +636,24 @@ fn client_abort_mid_upload_does_not_poison_the_backend_pool() {
     assert_eq!(r.json()["conn_request"], 1, "{}", r.summary());
     assert_eq!(echo.requests(), 2);
 }
+
+#[test]
+fn silent_connection_is_closed_at_the_header_timeout() {
+    let (echo, proxy) = echo_and_proxy(&["--header-timeout", "1s"]);
+    let mut c = proxy.client();
+    let t = Instant::now();
+    let got = c
+        .wait_closed(Duration::from_secs(4))
+        .unwrap_or_else(|e| panic!("a connection that never sends a byte: {e}"));
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_millis(2500),
+        "closed after {took:?} with --header-timeout 1s"
+    );
+    assert!(
+        got.is_empty() || got.starts_with(b"HTTP/1.1 408"),
+        "{:?}",
+        preview(&got)
+    );
+    assert_eq!(echo.connections(), 0);
+}

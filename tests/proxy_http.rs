@@ -776,3 +776,47 @@ fn access_log_lines_are_flushed_promptly_and_escaped() {
     assert_eq!(l.path(), Some(weird), "{}", l.raw);
     assert_eq!(l.status(), Some(200), "{}", l.raw);
 }
+
+#[test]
+fn interim_responses_from_the_backend_do_not_break_the_exchange() {
+    let (echo, proxy) = setup(&[]);
+    let mut c = proxy.client();
+    let r = c.get("/interim");
+    assert_eq!(r.status(), 200, "{}", r.summary());
+    assert_eq!(r.json()["target"], "/interim");
+    assert!(
+        r.interim.iter().all(|s| [102, 103].contains(s)),
+        "interim statuses {:?}",
+        r.interim
+    );
+    let r = c.get("/after-interim");
+    assert_eq!(r.status(), 200, "{}", r.summary());
+    assert_eq!(echo.requests(), 2);
+}
+
+#[test]
+fn empty_bodies_in_every_framing() {
+    let (_echo, proxy) = setup(&[]);
+    let mut c = proxy.client();
+    c.send(b"POST /empty/chunked HTTP/1.1\r\nHost: kcd.test\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
+    let r = c.read_final().unwrap();
+    assert_eq!((r.status(), r.json()["body_len"].as_u64()), (200, Some(0)));
+    // A body-less POST announcing Expect must not wait for a body that never comes.
+    c.set_read_timeout(Duration::from_secs(3));
+    c.send(
+        b"POST /empty/expect HTTP/1.1\r\nHost: kcd.test\r\nContent-Length: 0\r\nExpect: 100-continue\r\n\r\n",
+    );
+    let r = c
+        .read_final()
+        .unwrap_or_else(|e| panic!("Content-Length: 0 with Expect: {e}"));
+    assert_eq!((r.status(), r.json()["body_len"].as_u64()), (200, Some(0)));
+    c.set_read_timeout(common::IO_TIMEOUT);
+    let r = c.get("/download?bytes=0&chunked=1");
+    assert_eq!((r.status(), r.body.len()), (200, 0));
+    let r = c.get("/download?bytes=0");
+    assert_eq!((r.status(), r.body.len()), (200, 0));
+    let r = c.get("/status/204");
+    assert_eq!((r.status(), r.body.len()), (204, 0));
+    let r = c.get("/after-empties");
+    assert_eq!(r.status(), 200, "{}", r.summary());
+}

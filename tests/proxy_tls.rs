@@ -195,3 +195,49 @@ fn https_backend_with_an_untrusted_certificate_is_502() {
         .assert_status_reason(502, "backend_tls");
     assert_eq!(echo.requests(), 0);
 }
+
+#[test]
+fn tls_download_through_curl_is_intact() {
+    let (_echo, proxy) = https_backend();
+    let c = certs();
+    let dir = common::TempDir::new("tls-download");
+    let out = dir.join("download.bin");
+    let port = proxy.tls_port();
+    let n = 8 << 20;
+    let url = format!("https://localhost:{port}/download?bytes={n}&chunked=1");
+    let ca = c.ca.display().to_string();
+    let out_s = out.display().to_string();
+    let cr = curl(&[
+        "--cacert",
+        &ca,
+        "--resolve",
+        &resolve("localhost", port),
+        "-o",
+        &out_s,
+        &url,
+    ]);
+    assert!(cr.ok, "{}", cr.stderr);
+    let got = std::fs::read(&out).unwrap();
+    assert_eq!(got.len(), n);
+    assert_eq!(pattern::check(0, &got), Ok(()));
+}
+
+#[test]
+fn silent_tls_client_is_closed_at_the_header_timeout() {
+    let c = certs();
+    let echo = Echo::start();
+    let route = echo.route();
+    let proxy = Proxy::start_tls(
+        &["--route", &route, "--header-timeout", "1s"],
+        &[&c.localhost],
+    );
+    let mut cl = Client::connect(proxy.tls_port());
+    let t = std::time::Instant::now();
+    cl.wait_closed(Duration::from_secs(4))
+        .unwrap_or_else(|e| panic!("a TLS client that never sends a ClientHello: {e}"));
+    assert!(
+        t.elapsed() >= Duration::from_millis(800),
+        "closed after {:?}",
+        t.elapsed()
+    );
+}

@@ -128,10 +128,18 @@ fn make_leaf(dir: &Path, ca: &str, name: &str, san: &str) -> CertPair {
 pub fn certs() -> &'static Certs {
     static C: OnceLock<Certs> = OnceLock::new();
     C.get_or_init(|| {
-        // Lives as long as the test binary; a stale directory of an earlier run is replaced.
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join("kcdproxy-itest")
-            .join(format!("certs-{}", std::process::id()));
+        // Lives as long as the test binary. Directories of earlier runs whose process is gone
+        // are removed here.
+        let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kcdproxy-itest");
+        for e in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = name.strip_prefix("certs-") {
+                if !Path::new("/proc").join(pid).exists() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let dir = base.join(format!("certs-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create certs dir");
         make_ca(&dir, "ca");

@@ -33,6 +33,7 @@
 //! | `/garbage` | bytes that are not HTTP, then close |
 //! | `/truncate?bytes=N` | announces N bytes (Content-Length), sends N/2, closes |
 //! | `/quietclose` | the echo JSON as a keep-alive response, then closes anyway |
+//! | `/interim` | `102 Processing`, then `103 Early Hints`, then the echo JSON |
 //! | `/cl-and-te` | the echo JSON chunked, with a wrong Content-Length beside it |
 //!
 //! A request the echo server finds malformed gets `400` with an `X-Echo-Error` header saying why,
@@ -685,6 +686,14 @@ fn respond<S: Stream>(c: &mut Conn<S>, req: &Request, ids: &Ids) -> io::Result<b
             c.write_all(b"\r\n0\r\n\r\n")?;
             c.flush()?;
             return Ok(true);
+        }
+        "/interim" => {
+            // Interim responses before the final one (SharePoint's WebDAV sends 102).
+            c.write_all(b"HTTP/1.1 102 Processing\r\n\r\n")?;
+            c.flush()?;
+            std::thread::sleep(Duration::from_millis(100));
+            c.write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")?;
+            c.flush()?;
         }
         "/garbage" => {
             c.write_all(b"THIS IS NOT HTTP\r\n\r\n")?;
