@@ -200,7 +200,9 @@ async fn handle_request(
 ) -> Next {
     let p = Progress::default();
     let mut rl = ReqLog::default();
-    match exchange(c, ctx, &head, &p, &mut rl).await {
+    // Boxed: the exchange's state is large (both body pumps), and keeping it out of the
+    // connection's future keeps an idle keep-alive connection small.
+    match Box::pin(exchange(c, ctx, &head, &p, &mut rl)).await {
         Ok((next, consumed, leftover)) => {
             log_request(c, ctx, Some(&head), started, &p, &rl, None);
             c.buf.drain(..consumed.min(c.buf.len()));
