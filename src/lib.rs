@@ -33,6 +33,7 @@
 //! - [`proxy`]: the phase sequence above, body streaming, error responses.
 //! - [`accesslog`]: one line per request.
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod http1;
