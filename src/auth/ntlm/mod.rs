@@ -46,13 +46,20 @@
 //! - [`client`]: an NTLMv2 initiator for tests, benches and load tools (not used to serve).
 
 pub mod crypto;
+pub mod hashfile;
 pub mod message;
 pub mod reader;
+pub mod verify;
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use hashfile::{LocalBackend, NtHashStore};
 pub use message::NegotiateFlags;
+pub use verify::{
+    BackendVerified, ChallengeState, NtlmAcceptor, NtlmBackend, NtlmVerified, PendingAuth,
+    VerifyPolicy, VerifyRequest,
+};
 
 /// Why an NTLM exchange failed. Closed: the auth module maps each to an HTTP answer and a log
 /// reason ([`NtlmError::as_str`]); runtime detail never goes into the variant (`Malformed`
