@@ -49,6 +49,7 @@ pub mod crypto;
 pub mod hashfile;
 pub mod message;
 pub mod reader;
+pub mod spnego;
 pub mod verify;
 
 use std::fmt;
