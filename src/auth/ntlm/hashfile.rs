@@ -55,6 +55,15 @@ impl NtHashEntry {
     pub fn is_disabled(&self) -> bool {
         self.hash.is_none()
     }
+
+    /// Whether `password` is this account's (its NT hash matches, compared in constant time):
+    /// how Basic credentials are checked against the local store. Disabled: never.
+    pub fn matches_password(&self, password: &str) -> bool {
+        match &self.hash {
+            Some(h) => h.ct_eq(&crate::auth::ntlm::crypto::nt_hash(password)),
+            None => false,
+        }
+    }
 }
 
 impl fmt::Debug for NtHashEntry {

@@ -198,4 +198,3 @@ pub struct NtlmConfig {
     /// DNS computer name, e.g. `kcdproxy.example.test` (MsvAvDnsComputerName).
     pub dns_computer: String,
 }
-
