@@ -666,6 +666,33 @@ impl<'a> NtlmV2Response<'a> {
     }
 }
 
+/// Appends payload fields after a fixed header and hands back (Len, Offset) descriptors; used by
+/// the client side ([`super::client`]).
+pub(super) struct PayloadWriter {
+    base: usize,
+    pub(super) data: Vec<u8>,
+}
+
+impl PayloadWriter {
+    pub(super) fn new(header_len: usize) -> Self {
+        PayloadWriter {
+            base: header_len,
+            data: Vec::new(),
+        }
+    }
+
+    /// Appends `bytes`; returns the 8-byte security buffer that points at them.
+    pub(super) fn push(&mut self, bytes: &[u8]) -> [u8; 8] {
+        let offset = self.base + self.data.len();
+        self.data.extend_from_slice(bytes);
+        let mut d = Vec::with_capacity(8);
+        push_sec_buf(&mut d, bytes.len(), offset);
+        let mut out = [0u8; 8];
+        out.copy_from_slice(&d);
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
