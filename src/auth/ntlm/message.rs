@@ -633,10 +633,6 @@ pub struct NtlmV2Response<'a> {
     pub av_pairs: AvPairs<'a>,
 }
 
-/// The fixed part of NTLMv2_CLIENT_CHALLENGE: RespType, HiRespType, Reserved1, Reserved2,
-/// TimeStamp, ChallengeFromClient, Reserved3.
-pub const NTLMV2_BLOB_HEADER_LEN: usize = 28;
-
 impl<'a> NtlmV2Response<'a> {
     /// Splits and validates an NTLMv2 NT response (2.2.2.8). Bytes after MsvAvEOL (clients
     /// append Z(4), 3.3.2) are covered by NTProofStr and otherwise ignored.
@@ -693,8 +689,9 @@ impl PayloadWriter {
     }
 }
 
+/// Shared with the end-to-end tests: the spec's messages.
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn h(s: &str) -> Vec<u8> {

@@ -65,16 +65,7 @@ fn handshake(
 fn ms_nlmp_4_2_4_authenticate_verifies() {
     let acc = acceptor(VerifyPolicy::default());
     let neg = NtlmClient::new("x", "y", "z").negotiate(); // offers KEY_EXCH and ESS
-    let auth = h(
-        "4e544c4d53535000 03000000 18001800 6c000000 54005400 84000000 0c000c00 48000000
-                  08000800 54000000 10001000 5c000000 10001000 d8000000 358288e2 0501280a0000000f
-                  44006f006d00610069006e00 5500730065007200 43004f004d0050005500540045005200
-                  86c35097ac9cec102554764a57cccc19aaaaaaaaaaaaaaaa
-                  68cd0ab851e51c96aabc927bebef6a1c 0101000000000000 0000000000000000
-                  aaaaaaaaaaaaaaaa 00000000 02000c00 44006f006d00610069006e00
-                  01000c00 530065007200760065007200 00000000 00000000
-                  c5dad2544fc9799094ce1ce90bc9d03e",
-    );
+    let auth = message::tests::spec_authenticate();
     let server_challenge = [0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef];
     // The spec's blob timestamp is 0: pin "now" there.
     let now = FileTime(0);
@@ -102,10 +93,7 @@ fn ms_nlmp_4_2_4_authenticate_verifies() {
 #[test]
 fn mic_from_another_implementation_verifies() {
     let negotiate = h("4e544c4d53535000 01000000 07820800 0000000020000000 0000000020000000");
-    let challenge = h("4e544c4d53535000 02000000 0c000c00 38000000 33828ae2 0123456789abcdef
-                       0000000000000000 24002400 44000000 060070170000000f
-                       530065007200760065007200
-                       02000c00 44006f006d00610069006e00 01000c00 530065007200760065007200 00000000");
+    let challenge = message::tests::spec_challenge();
     let auth = h(
         "4e544c4d53535000 03000000 18001800 58000000 8a008a00 70000000 0c000c00 fa000000
                   08000800 06010000 10001000 0e010000 00000000 58000000 03820800
