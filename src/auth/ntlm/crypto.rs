@@ -464,7 +464,7 @@ mod tests {
 
     /// The NTLMv2_CLIENT_CHALLENGE ("temp") of MS-NLMP 4.2.4.1.3: timestamp 0, client challenge
     /// aa…, AV pairs NbDomainName "Domain", NbComputerName "Server", EOL, then Z(4).
-    pub(crate) fn spec_blob() -> Vec<u8> {
+    fn spec_blob() -> Vec<u8> {
         h(
             "0101 0000 00000000 0000000000000000 aaaaaaaaaaaaaaaa 00000000
            0200 0c00 44006f006d00610069006e00

@@ -633,10 +633,6 @@ pub struct NtlmV2Response<'a> {
     pub av_pairs: AvPairs<'a>,
 }
 
-/// The fixed part of NTLMv2_CLIENT_CHALLENGE: RespType, HiRespType, Reserved1, Reserved2,
-/// TimeStamp, ChallengeFromClient, Reserved3.
-pub const NTLMV2_BLOB_HEADER_LEN: usize = 28;
-
 impl<'a> NtlmV2Response<'a> {
     /// Splits and validates an NTLMv2 NT response (2.2.2.8). Bytes after MsvAvEOL (clients
     /// append Z(4), 3.3.2) are covered by NTProofStr and otherwise ignored.
@@ -666,8 +662,36 @@ impl<'a> NtlmV2Response<'a> {
     }
 }
 
+/// Appends payload fields after a fixed header and hands back (Len, Offset) descriptors; used by
+/// the client side ([`super::client`]).
+pub(super) struct PayloadWriter {
+    base: usize,
+    pub(super) data: Vec<u8>,
+}
+
+impl PayloadWriter {
+    pub(super) fn new(header_len: usize) -> Self {
+        PayloadWriter {
+            base: header_len,
+            data: Vec::new(),
+        }
+    }
+
+    /// Appends `bytes`; returns the 8-byte security buffer that points at them.
+    pub(super) fn push(&mut self, bytes: &[u8]) -> [u8; 8] {
+        let offset = self.base + self.data.len();
+        self.data.extend_from_slice(bytes);
+        let mut d = Vec::with_capacity(8);
+        push_sec_buf(&mut d, bytes.len(), offset);
+        let mut out = [0u8; 8];
+        out.copy_from_slice(&d);
+        out
+    }
+}
+
+/// Shared with the end-to-end tests: the spec's messages.
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn h(s: &str) -> Vec<u8> {

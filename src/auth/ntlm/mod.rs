@@ -45,6 +45,7 @@
 //! - [`spnego`]: NTLM inside `Negotiate` (raw or SPNEGO-wrapped), a minimal DER codec.
 //! - [`client`]: an NTLMv2 initiator for tests, benches and load tools (not used to serve).
 
+pub mod client;
 pub mod crypto;
 pub mod hashfile;
 pub mod message;
@@ -198,3 +199,6 @@ pub struct NtlmConfig {
     /// DNS computer name, e.g. `kcdproxy.example.test` (MsvAvDnsComputerName).
     pub dns_computer: String,
 }
+
+#[cfg(test)]
+mod tests;

@@ -231,6 +231,24 @@ impl ChallengeState {
     pub fn flags(&self) -> NegotiateFlags {
         self.flags
     }
+
+    /// A state for recorded messages (known-answer tests of other implementations' output).
+    #[cfg(test)]
+    pub(crate) fn for_test(
+        server_challenge: [u8; 8],
+        negotiate: Vec<u8>,
+        challenge: Vec<u8>,
+        flags: NegotiateFlags,
+        issued: FileTime,
+    ) -> Self {
+        ChallengeState {
+            server_challenge,
+            negotiate,
+            challenge,
+            flags,
+            issued,
+        }
+    }
 }
 
 impl std::fmt::Debug for ChallengeState {
