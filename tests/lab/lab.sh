@@ -65,7 +65,7 @@ lab_in_use() {
   ! flock -n -x "$USERS_LOCK" true
 }
 
-lab_users() { lslocks -n -o PID,PATH 2>/dev/null | awk -v p="$USERS_LOCK" '$2 == p {print $1}' | sort -u | tr '\n' ' '; }
+lab_users() { lslocks -n -o PID,PATH 2>/dev/null | awk -v p="$USERS_LOCK" '$2 == p {print $1}' | sort -u | paste -sd' '; }
 
 # Stops every daemon of this lab and removes its network namespace; keeps files.
 stop_all() {
