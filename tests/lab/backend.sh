@@ -82,8 +82,12 @@ LimitRequestBody 0
 Timeout 300
 KeepAliveTimeout 120
 MaxKeepAliveRequests 0
+# Load tests open many connections: 400 request threads (16 x 25); idle keep-alive connections
+# cost no thread under the event MPM.
+StartServers 2
+ServerLimit 16
 ThreadsPerChild 25
-MaxRequestWorkers 150
+MaxRequestWorkers 400
 LogFormat "%h %{%Y-%m-%dT%H:%M:%S}t \"%r\" %>s %B %Dus user=%u client_port=%{remote}p keepalive=%k" lab
 CustomLog $LOG_DIR/backend-access.log lab
 DocumentRoot $B/htdocs

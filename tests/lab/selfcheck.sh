@@ -118,7 +118,13 @@ negotiate_echo() {
   head -c 70001 /dev/urandom >"$body"
   want_sum=$(sha256sum "$body" | cut -d' ' -f1)
   run env KRB5CCNAME="FILE:$1" "${CURL[@]}" --negotiate -u : -X POST --data-binary "@$body" \
-    -D "$WORK/headers" "$2" || { REASON="curl $2: $(oneline "$OUT")"; return 1; }
+    -D "$WORK/headers" -w '%{http_code}\n' "$2" || { REASON="curl $2: $(oneline "$OUT")"; return 1; }
+  local code
+  code=$(tail -n 1 <<<"$OUT")
+  if [ "$code" != 200 ]; then
+    REASON="HTTP $code from $2 ($(oneline "$(grep -i '^WWW-Authenticate' "$WORK/headers" | tr -d '\r' | cut -c1-60)"))"
+    return 1
+  fi
   grep -qx "authenticated as $3" <<<"$OUT" || { REASON="backend said: $(oneline "$OUT")"; return 1; }
   if ! grep -qx "method=POST" <<<"$OUT" || ! grep -qx "body_length=70001" <<<"$OUT" \
     || ! grep -qx "body_sha256=$want_sum" <<<"$OUT"; then
@@ -182,6 +188,17 @@ AD=$KCD_LAB_AD_REALM
 MIT=$KCD_LAB_MIT_REALM
 AD_PROXY_CC=$WORK/ad-proxy.cc
 MIT_PROXY_CC=$WORK/mit-proxy.cc
+
+# Daemons first: a dead one is named with its log instead of surfacing as a dozen odd failures.
+daemons_up() {
+  local status
+  status=$("$LAB_SRC/lab.sh" status 2>&1) && return 0
+  REASON="$(oneline "$(grep -E 'DOWN|missing' <<<"$status")")"
+  grep -oE 'log [^ )]+' <<<"$status" | while read -r _ f; do grep -q "$f" <<<"$REASON" && tail_log "$f"; done
+  return 1
+}
+echo "== daemons"
+check "lab: every daemon running" daemons_up
 
 echo "== $AD (Samba AD DC at $KCD_LAB_AD_KDC)"
 check "ad: proxy kinit from keytab" kinit_keytab "$AD_PROXY_CC" "$KCD_LAB_AD_PROXY_KEYTAB" "$KCD_LAB_AD_PROXY_PRINCIPAL"
