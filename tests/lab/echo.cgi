@@ -10,6 +10,7 @@ Output lines (stable: tests parse them):
   body_sha256=<hex>
   query=<query string>
   remote=<client address>:<client port>   (tells backend connections apart)
+  x_kcd_user=<X-Kcd-User request header>  (the identity kcdproxy passes to non-Kerberos paths)
 """
 import hashlib
 import os
@@ -39,6 +40,7 @@ body = (
     + f"body_sha256={digest.hexdigest()}\n"
     + f"query={os.environ.get('QUERY_STRING', '')}\n"
     + f"remote={os.environ.get('REMOTE_ADDR', '')}:{os.environ.get('REMOTE_PORT', '')}\n"
+    + f"x_kcd_user={os.environ.get('HTTP_X_KCD_USER', '')}\n"
 ).encode()
 out = sys.stdout.buffer
 out.write(b"Content-Type: text/plain; charset=utf-8\r\n")
