@@ -64,6 +64,12 @@ pub struct Entry<'a> {
     pub reason: Option<&'static str>,
     /// The failure's runtime context.
     pub detail: Option<&'a str>,
+    /// How the client authenticated (`ntlm`, `negotiate-kerberos`, `basic`, …).
+    pub auth_scheme: Option<&'a str>,
+    /// The user as authenticated (`EXAMPLE\alice`).
+    pub user: Option<&'a str>,
+    /// The Kerberos principal it maps to (`alice@EXAMPLE.TEST`).
+    pub principal: Option<&'a str>,
 }
 
 /// A worker's access log.
@@ -148,6 +154,12 @@ fn format_text(out: &mut Vec<u8>, e: &Entry<'_>) {
         e.reused as u8,
         e.reason.unwrap_or("-"),
     );
+    s.push_str(" auth=");
+    s.push_str(e.auth_scheme.unwrap_or("-"));
+    s.push_str(" user=");
+    text_value(&mut s, e.user.unwrap_or("").as_bytes());
+    s.push_str(" principal=");
+    text_value(&mut s, e.principal.unwrap_or("").as_bytes());
     if let Some(d) = e.detail {
         s.push_str(" detail=");
         text_value(&mut s, d.as_bytes());
@@ -216,6 +228,12 @@ fn format_json(out: &mut Vec<u8>, e: &Entry<'_>) {
     opt_json(&mut s, e.reason);
     s.push_str(",\"detail\":");
     opt_json(&mut s, e.detail);
+    s.push_str(",\"auth\":");
+    opt_json(&mut s, e.auth_scheme);
+    s.push_str(",\"user\":");
+    opt_json(&mut s, e.user);
+    s.push_str(",\"principal\":");
+    opt_json(&mut s, e.principal);
     s.push_str("}\n");
     out.extend_from_slice(s.as_bytes());
 }

@@ -31,9 +31,12 @@
 //! - [`http1`]: zero-copy head parsing, body framing, head encoding.
 //! - [`upstream`]: backend connections and the per-core pool.
 //! - [`proxy`]: the phase sequence above, body streaming, error responses.
+//! - [`auth`]: client pre-authentication: the per-connection state machine, NTLM, Negotiate,
+//!   Basic, and the identity only it can mint.
 //! - [`accesslog`]: one line per request.
 
 pub mod accesslog;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod http1;

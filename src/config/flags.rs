@@ -118,6 +118,51 @@ pub struct Flags {
     #[arg(long = "backend-pool-size", value_name = "N", default_value_t = 64)]
     pub backend_pool_size: usize,
 
+    /// Local NT-hash file for NTLM and Basic verification: one account per line,
+    /// `DOMAIN\user:<32 hex NT hash>`, `user:<hash>`, `user@REALM:<hash>`, or Samba smbpasswd lines.
+    #[arg(long = "ntlm-hash-file", value_name = "PATH")]
+    pub ntlm_hash_file: Option<PathBuf>,
+
+    /// NetBIOS domain name the proxy announces in NTLM challenges (default: the first label of
+    /// --realm, else WORKGROUP).
+    #[arg(long = "ntlm-domain", value_name = "NAME")]
+    pub ntlm_domain: Option<String>,
+
+    /// NetBIOS computer name the proxy announces in NTLM challenges.
+    #[arg(
+        long = "ntlm-computer",
+        value_name = "NAME",
+        default_value = "KCDPROXY"
+    )]
+    pub ntlm_computer: String,
+
+    /// DNS domain the proxy announces in NTLM challenges (default: --realm in lower case).
+    #[arg(long = "dns-domain", value_name = "NAME")]
+    pub dns_domain: Option<String>,
+
+    /// Default Kerberos realm: users authenticated without a domain, or with an unmapped
+    /// NetBIOS domain, become user@REALM.
+    #[arg(long = "realm", value_name = "REALM")]
+    pub realm: Option<String>,
+
+    /// Maps a NetBIOS domain to a realm for identity mapping (repeatable), e.g. EXAMPLE=EXAMPLE.TEST.
+    #[arg(long = "domain-realm", value_name = "DOMAIN=REALM")]
+    pub domain_realm: Vec<String>,
+
+    /// Realm text of the Basic challenge.
+    #[arg(long = "basic-realm", value_name = "TEXT", default_value = "kcdproxy")]
+    pub basic_realm: String,
+
+    /// Offer and accept Basic on plain-HTTP listeners too (the password crosses the network
+    /// in clear text; by default Basic is only used over TLS).
+    #[arg(long = "basic-over-http")]
+    pub basic_over_http: bool,
+
+    /// Send the authenticated principal to the backend in this header (for backends that do
+    /// not use Kerberos). Client-supplied copies of the header are always removed.
+    #[arg(long = "identity-header", value_name = "NAME")]
+    pub identity_header: Option<String>,
+
     /// Access log destination: a file path, `stdout`, `stderr`, or `off`.
     #[arg(long = "access-log", value_name = "DEST", default_value = "stdout")]
     pub access_log: String,

@@ -45,6 +45,22 @@ pub struct Timeouts {
     pub drain: Duration,
 }
 
+/// Client authentication settings.
+#[derive(Clone, Debug, Default)]
+pub struct AuthConfig {
+    pub ntlm_hash_file: Option<PathBuf>,
+    pub ntlm_domain: String,
+    pub ntlm_computer: String,
+    pub dns_domain: String,
+    pub realm: Option<String>,
+    /// (NetBIOS domain, realm)
+    pub domain_realm: Vec<(String, String)>,
+    pub basic_realm: String,
+    pub basic_over_http: bool,
+    /// Lower-case header name.
+    pub identity_header: Option<String>,
+}
+
 /// The validated configuration every worker reads (shared read-only).
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -64,6 +80,7 @@ pub struct Config {
     pub access_log: AccessLogDest,
     pub access_log_format: AccessLogFormat,
     pub log_level: String,
+    pub auth: AuthConfig,
 }
 
 impl Config {
@@ -216,6 +233,8 @@ impl Config {
             errs.push(format!("--log-level `{}`: {e}", f.log_level));
         }
 
+        let auth = auth_config(f, &routes, &mut errs);
+
         if !errs.is_empty() {
             return Err(errs);
         }
@@ -234,7 +253,93 @@ impl Config {
             access_log,
             access_log_format,
             log_level: f.log_level.clone(),
+            auth,
         })
+    }
+}
+
+fn auth_config(f: &Flags, routes: &[Route], errs: &mut Vec<String>) -> AuthConfig {
+    use route::Offer;
+    let realm = f.realm.as_ref().map(|r| r.to_ascii_uppercase());
+    let mut domain_realm = Vec::new();
+    for m in &f.domain_realm {
+        match m.split_once('=') {
+            Some((d, r)) if !d.is_empty() && !r.is_empty() => {
+                domain_realm.push((d.to_ascii_uppercase(), r.to_ascii_uppercase()))
+            }
+            _ => errs.push(format!("--domain-realm `{m}`: expected DOMAIN=REALM")),
+        }
+    }
+    if let Some(p) = &f.ntlm_hash_file {
+        if let Err(e) = std::fs::metadata(p) {
+            errs.push(format!("--ntlm-hash-file `{}`: {e}", p.display()));
+        }
+    }
+    for r in routes {
+        let offers = r
+            .options
+            .auth
+            .iter()
+            .chain(r.options.auth_ua.iter().flat_map(|(_, o)| o));
+        for o in offers {
+            match o {
+                Offer::Ntlm | Offer::Basic if f.ntlm_hash_file.is_none() => errs.push(format!(
+                    "route `{}` offers {o:?} but no verifier is configured: give --ntlm-hash-file",
+                    r.spec
+                )),
+                _ => {}
+            }
+        }
+        let all: Vec<_> = r
+            .options
+            .auth
+            .iter()
+            .chain(r.options.auth_ua.iter().flat_map(|(_, o)| o))
+            .collect();
+        if all.contains(&&Offer::Negotiate) && !all.contains(&&Offer::Ntlm) {
+            errs.push(format!(
+                "route `{}` offers Negotiate without NTLM: Kerberos acceptance (--keytab) is not \
+                 available in this build yet, so Negotiate can only carry NTLM; add ntlm to auth=",
+                r.spec
+            ));
+        }
+    }
+    let ntlm_domain = f
+        .ntlm_domain
+        .clone()
+        .or_else(|| {
+            realm
+                .as_ref()
+                .and_then(|r| r.split('.').next())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "WORKGROUP".into())
+        .to_ascii_uppercase();
+    let dns_domain = f
+        .dns_domain
+        .clone()
+        .or_else(|| realm.as_ref().map(|r| r.to_ascii_lowercase()))
+        .unwrap_or_else(|| "localdomain".into());
+    let identity_header = f.identity_header.as_ref().map(|h| h.to_ascii_lowercase());
+    if let Some(h) = &identity_header {
+        if h.is_empty()
+            || !h
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            errs.push(format!("--identity-header `{h}`: not a header name"));
+        }
+    }
+    AuthConfig {
+        ntlm_hash_file: f.ntlm_hash_file.clone(),
+        ntlm_domain,
+        ntlm_computer: f.ntlm_computer.to_ascii_uppercase(),
+        dns_domain,
+        realm,
+        domain_realm,
+        basic_realm: f.basic_realm.clone(),
+        basic_over_http: f.basic_over_http,
+        identity_header,
     }
 }
 

@@ -37,11 +37,68 @@ impl Backend {
     }
 }
 
+/// An authentication scheme a route can offer to clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Offer {
+    Negotiate,
+    Ntlm,
+    Basic,
+}
+
+impl Offer {
+    fn parse(s: &str) -> Option<Offer> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "negotiate" => Some(Offer::Negotiate),
+            "ntlm" => Some(Offer::Ntlm),
+            "basic" => Some(Offer::Basic),
+            _ => None,
+        }
+    }
+}
+
 /// Per-route options after `;`. Unknown options are configuration errors.
 #[derive(Clone, Debug, Default)]
 pub struct RouteOptions {
     /// Send the backend's host:port as Host instead of the client's Host (`host=backend`).
     pub rewrite_host: bool,
+    /// Schemes offered, in the order of the `WWW-Authenticate` headers (`auth=negotiate,ntlm`).
+    /// Empty: anonymous route.
+    pub auth: Vec<Offer>,
+    /// Per-client overrides (`auth-ua=SUBSTRING:ntlm`, repeatable): a client whose User-Agent
+    /// contains SUBSTRING is offered these schemes instead. First match wins. This is the
+    /// per-rule fix ISA Server could only make system-wide: clients that break when offered
+    /// Negotiate and NTLM together get NTLM alone, browsers on the same route keep Negotiate.
+    pub auth_ua: Vec<(String, Vec<Offer>)>,
+}
+
+impl RouteOptions {
+    /// The schemes offered to a client with this User-Agent.
+    pub fn offers_for(&self, user_agent: Option<&[u8]>) -> &[Offer] {
+        if let Some(ua) = user_agent {
+            for (needle, offers) in &self.auth_ua {
+                if ua
+                    .windows(needle.len())
+                    .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+                {
+                    return offers;
+                }
+            }
+        }
+        &self.auth
+    }
+}
+
+fn parse_offers(spec: &str, v: &str) -> Result<Vec<Offer>, String> {
+    let mut out = Vec::new();
+    for s in v.split(',').filter(|s| !s.trim().is_empty()) {
+        let o = Offer::parse(s).ok_or_else(|| {
+            format!("route `{spec}`: unknown auth scheme `{s}` (negotiate, ntlm, basic)")
+        })?;
+        if !out.contains(&o) {
+            out.push(o);
+        }
+    }
+    Ok(out)
 }
 
 #[derive(Clone, Debug)]
@@ -98,6 +155,20 @@ pub fn parse_route(spec: &str) -> Result<Route, String> {
             match (k.trim(), v.trim()) {
                 ("host", "backend") => options.rewrite_host = true,
                 ("host", "client") => options.rewrite_host = false,
+                ("auth", v) => options.auth = parse_offers(spec, v)?,
+                ("auth-ua", v) => {
+                    let (needle, schemes) = v.rsplit_once(':').ok_or_else(|| {
+                        format!("route `{spec}`: auth-ua expects SUBSTRING:schemes")
+                    })?;
+                    if needle.is_empty() {
+                        return Err(format!(
+                            "route `{spec}`: auth-ua needs a User-Agent substring"
+                        ));
+                    }
+                    options
+                        .auth_ua
+                        .push((needle.to_string(), parse_offers(spec, schemes)?));
+                }
                 (k, v) => return Err(format!("route `{spec}`: unknown option `{k}={v}`")),
             }
         }
@@ -290,6 +361,30 @@ mod tests {
         ] {
             assert!(parse_route(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn auth_options_and_ua_override() {
+        let r = parse_route(
+            "/ews=http://127.0.0.1:1;auth=negotiate,ntlm;auth-ua=Communicator:ntlm;auth-ua=curl:basic",
+        )
+        .unwrap();
+        assert_eq!(r.options.auth, vec![Offer::Negotiate, Offer::Ntlm]);
+        assert_eq!(r.options.offers_for(None), &[Offer::Negotiate, Offer::Ntlm]);
+        assert_eq!(
+            r.options.offers_for(Some(b"Mozilla/5.0")),
+            &[Offer::Negotiate, Offer::Ntlm]
+        );
+        assert_eq!(
+            r.options
+                .offers_for(Some(b"Microsoft Office Communicator 2007")),
+            &[Offer::Ntlm]
+        );
+        assert_eq!(r.options.offers_for(Some(b"CURL/7.88")), &[Offer::Basic]);
+        assert!(parse_route("/=http://127.0.0.1:1;auth=kerberos").is_err());
+        assert!(parse_route("/=http://127.0.0.1:1;auth-ua=x").is_err());
+        let anon = parse_route("/=http://127.0.0.1:1").unwrap();
+        assert!(anon.options.offers_for(Some(b"x")).is_empty());
     }
 
     #[test]

@@ -154,6 +154,8 @@ pub struct RespReq<'a> {
     pub keep_alive: bool,
     /// The backend connection came from a pool: an empty reply may be a stale connection.
     pub reused: bool,
+    /// Headers the proxy adds to the response (the final Negotiate token, Persistent-Auth).
+    pub extra_headers: &'a [(&'static str, Vec<u8>)],
 }
 
 pub struct RespDone {
@@ -342,6 +344,17 @@ pub async fn relay_response(
         },
         &mut out,
     );
+    if !req.extra_headers.is_empty() && out.ends_with(b"\r\n\r\n") {
+        // Insert before the blank line that ends the head.
+        out.truncate(out.len() - 2);
+        for (name, value) in req.extra_headers {
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
     let mut body = match meta.framing {
         BodyFraming::None => RespBody::None,
         BodyFraming::Length(n) => RespBody::Length(n),

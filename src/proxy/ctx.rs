@@ -9,6 +9,8 @@ use slab::Slab;
 use tokio::sync::Notify;
 
 use crate::accesslog::AccessLog;
+use crate::auth::ntlm::{LocalBackend, NtHashStore, NtlmAcceptor, NtlmConfig, VerifyPolicy};
+use crate::auth::{AuthCtx, IdentityMap};
 use crate::config::{Backend, Config};
 use crate::http1::Limits;
 use crate::upstream::Pool;
@@ -18,6 +20,41 @@ pub struct Shared {
     pub cfg: Config,
     pub tls_server: Option<Arc<rustls::ServerConfig>>,
     pub tls_client: Option<Arc<rustls::ClientConfig>>,
+    /// The local NT-hash store, loaded once; each worker keeps its own copy.
+    pub nt_hashes: Option<NtHashStore>,
+}
+
+impl Shared {
+    /// The NTLM names the proxy announces.
+    pub fn ntlm_config(&self) -> NtlmConfig {
+        let a = &self.cfg.auth;
+        NtlmConfig {
+            nb_domain: a.ntlm_domain.clone(),
+            nb_computer: a.ntlm_computer.clone(),
+            dns_domain: a.dns_domain.clone(),
+            dns_computer: format!("{}.{}", a.ntlm_computer.to_ascii_lowercase(), a.dns_domain),
+        }
+    }
+
+    fn auth_ctx(&self) -> AuthCtx {
+        let a = &self.cfg.auth;
+        let ntlm_cfg = self.ntlm_config();
+        // Validated at start-up (runtime::prepare), so this cannot fail here.
+        let ntlm = NtlmAcceptor::new(&ntlm_cfg, VerifyPolicy::default()).ok();
+        AuthCtx {
+            ntlm,
+            local: self
+                .nt_hashes
+                .clone()
+                .map(|s| LocalBackend::new(s, &ntlm_cfg)),
+            map: IdentityMap {
+                domains: a.domain_realm.clone(),
+                default_realm: a.realm.clone(),
+            },
+            basic_realm: a.basic_realm.clone(),
+            basic_over_http: a.basic_over_http,
+        }
+    }
 }
 
 /// A live client connection, as the worker's slab records it.
@@ -38,6 +75,7 @@ pub struct WorkerCtx {
     rr: Vec<Cell<usize>>,
     pub pool: RefCell<Pool>,
     pub log: AccessLog,
+    pub auth: AuthCtx,
     /// The connection slab. INVARIANT: holds exactly the connections this worker is serving.
     pub conns: RefCell<Slab<ConnInfo>>,
     pub max_conns: usize,
@@ -81,6 +119,7 @@ impl WorkerCtx {
             rr,
             pool: RefCell::new(Pool::new(cfg.backend_pool_size, cfg.timeouts.backend_idle)),
             log,
+            auth: shared.auth_ctx(),
             conns: RefCell::new(Slab::new()),
             max_conns,
             draining: Cell::new(false),

@@ -27,6 +27,7 @@ use self::body::{Progress, RelayErr, ReqBody, RespReq};
 use self::ctx::WorkerCtx;
 use self::io_util::{read_by, write_by, ReadErr};
 use crate::accesslog::Entry;
+use crate::auth::{ConnAuth, Identity, Verdict};
 use crate::config::Backend;
 use crate::error::{Error, ErrorKind, Side};
 use crate::http1::{self, BodyFraming, ChunkedDecoder, RequestHead};
@@ -52,6 +53,12 @@ struct Client {
     /// A backend connection bound to this client because it carried connection-oriented
     /// authentication (NTLM/Negotiate). INVARIANT: never returned to the shared pool.
     private_backend: Option<BackendConn>,
+    /// Who the client is, as far as this connection has shown (NTLM binds the connection).
+    auth: ConnAuth,
+    /// Declared body length of a request refused with 401 before its body was read (the
+    /// client asked `Expect: 100-continue`). If the client sends the body anyway, it arrives
+    /// where the next head is expected and is dropped (PROTOCOLS.md 6).
+    refused_body: Option<u64>,
 }
 
 enum Next {
@@ -74,6 +81,8 @@ pub async fn serve_connection(
         buf: Vec::with_capacity(HEAD_BUF),
         requests: 0,
         private_backend: None,
+        auth: ConnAuth::Anonymous,
+        refused_body: None,
     };
     let mut next = Next::Close;
     loop {
@@ -123,8 +132,19 @@ async fn read_head(
     loop {
         if !c.buf.is_empty() {
             match http1::parse_request(&c.buf, &ctx.limits) {
-                Ok(Some(h)) => return Ok(Some(h)),
+                Ok(Some(h)) => {
+                    c.refused_body = None;
+                    return Ok(Some(h));
+                }
                 Ok(None) => {}
+                // Not a request: the body of the request we refused with 401, sent anyway.
+                Err(_) if c.refused_body.is_some() => {
+                    let left = c.refused_body.unwrap_or(0);
+                    let k = (left.min(c.buf.len() as u64)) as usize;
+                    c.buf.drain(..k);
+                    c.refused_body = (left > k as u64).then_some(left - k as u64);
+                    continue;
+                }
                 Err(e) => return Err(e.into_error(Side::Downstream)),
             }
             head_deadline.get_or_insert_with(|| Instant::now() + t.header);
@@ -190,6 +210,9 @@ async fn read_head(
 struct ReqLog {
     backend: Option<Rc<Backend>>,
     reused: bool,
+    identity: Option<Identity>,
+    /// Why the proxy answered 401 (the challenge itself is not a failure of the request).
+    auth_note: Option<Error>,
 }
 
 async fn handle_request(
@@ -200,9 +223,11 @@ async fn handle_request(
 ) -> Next {
     let p = Progress::default();
     let mut rl = ReqLog::default();
-    match exchange(c, ctx, &head, &p, &mut rl).await {
+    // Boxed: the exchange's state is large (both body pumps), and keeping it out of the
+    // connection's future keeps an idle keep-alive connection small.
+    match Box::pin(exchange(c, ctx, &head, &p, &mut rl)).await {
         Ok((next, consumed, leftover)) => {
-            log_request(c, ctx, Some(&head), started, &p, &rl, None);
+            log_request(c, ctx, Some(&head), started, &p, &rl, rl.auth_note.as_ref());
             c.buf.drain(..consumed.min(c.buf.len()));
             c.buf.extend_from_slice(&leftover);
             next
@@ -297,6 +322,7 @@ fn log_request(
     }
     let backend = rl.backend.as_ref().map(|b| b.display());
     let detail = err.map(|e| e.to_string());
+    let id = rl.identity.as_ref();
     ctx.log.log(&Entry {
         client: Some(c.peer.ip()),
         tls: c.stream.is_tls(),
@@ -310,6 +336,9 @@ fn log_request(
         reused: rl.reused,
         reason: err.map(|e| e.kind.as_str()),
         detail: detail.as_deref(),
+        auth_scheme: id.map(|i| i.scheme().as_str()),
+        user: id.map(Identity::user),
+        principal: id.map(Identity::principal),
     });
 }
 
@@ -347,6 +376,31 @@ async fn exchange(
             bodyless,
         )
     })?;
+    let route_opts = &cfg.routes.get(route).options;
+
+    // ---- authenticate (inline: NTLM and Basic against the local store cost microseconds) ----
+    let offers = route_opts.offers_for(head.header(&c.buf, "user-agent"));
+    let mut resp_headers = Vec::new();
+    if !offers.is_empty() {
+        let authz = head.header(&c.buf, "authorization");
+        match ctx
+            .auth
+            .authenticate(&mut c.auth, offers, authz, c.stream.is_tls())
+        {
+            Verdict::Proceed { identity, headers } => {
+                rl.identity = identity;
+                resp_headers = headers;
+            }
+            Verdict::Challenge {
+                www_authenticate,
+                error,
+            } => {
+                rl.auth_note = Some(error);
+                return refuse_401(c, ctx, head, &meta, www_authenticate, p).await;
+            }
+        }
+    }
+
     let backend = ctx.pick_backend(route);
     rl.backend = Some(backend.clone());
     let conn_auth = head
@@ -380,6 +434,19 @@ async fn exchange(
         _ => BodyFraming::None,
     };
     let proto = if c.stream.is_tls() { "https" } else { "http" };
+    // The client's credentials are for the proxy, never for the backend; a client-supplied
+    // identity header is never believed.
+    let identity = rl.identity.clone();
+    let ident_hdr = cfg.auth.identity_header.as_deref();
+    let mut drop_headers: Vec<&str> = Vec::with_capacity(2);
+    if !offers.is_empty() {
+        drop_headers.push("authorization");
+    }
+    drop_headers.extend(ident_hdr);
+    let mut extra_headers: Vec<(&str, &[u8])> = Vec::with_capacity(1);
+    if let (Some(h), Some(id)) = (ident_hdr, identity.as_ref()) {
+        extra_headers.push((h, id.principal().as_bytes()));
+    }
 
     let mut attempt = 0;
     let mut continue_sent = false;
@@ -397,8 +464,8 @@ async fn exchange(
             proto,
             host_override: ctx.host_override[route].as_deref(),
             framing: forward_framing,
-            drop_headers: &[],
-            extra_headers: &[],
+            drop_headers: &drop_headers,
+            extra_headers: &extra_headers,
         };
         http1::encode_request_head(&c.buf, head, &info, &mut out);
         out.extend_from_slice(&c.buf[head.head_len..consumed]);
@@ -440,6 +507,7 @@ async fn exchange(
             client_version: head.version,
             keep_alive: meta.keep_alive,
             reused,
+            extra_headers: &resp_headers,
         };
 
         // ---- bodies ----
@@ -524,6 +592,95 @@ async fn exchange(
             }
         };
     }
+}
+
+/// Bodies up to this size are read and dropped after a 401 so the connection survives the
+/// handshake; larger ones close it.
+const DRAIN_AFTER_401: u64 = 64 * 1024;
+
+/// Answers 401 with the auth module's challenges. The connection stays open (the NTLM
+/// AUTHENTICATE must come on it) unless an unread body makes its framing unknowable.
+async fn refuse_401(
+    c: &mut Client,
+    ctx: &WorkerCtx,
+    head: &RequestHead,
+    meta: &http1::RequestMeta,
+    www_authenticate: Vec<Vec<u8>>,
+    p: &Progress,
+) -> Result<(Next, usize, Vec<u8>), Failed> {
+    let t = &ctx.shared.cfg.timeouts;
+    let avail = &c.buf[head.head_len..];
+    // What of the body is here, and what is still to come.
+    let (mut consumed, rest) = match meta.framing {
+        BodyFraming::Length(n) => {
+            let here = n.min(avail.len() as u64);
+            (head.head_len + here as usize, Some(n - here))
+        }
+        BodyFraming::Chunked => (head.head_len, None),
+        _ => (head.head_len, Some(0)),
+    };
+    let mut keep_alive = meta.keep_alive && !ctx.is_draining();
+    let mut drain = 0;
+    match rest {
+        Some(0) => {}
+        // `Expect: 100-continue` and no 100 sent: the client should not send the body; if it
+        // does anyway, `read_head` recognises and drops it.
+        Some(n) if meta.expect_continue => c.refused_body = Some(n),
+        Some(n) if n <= DRAIN_AFTER_401 => drain = n,
+        _ => keep_alive = false,
+    }
+    if matches!(meta.framing, BodyFraming::Chunked) {
+        keep_alive = false;
+        consumed = c.buf.len();
+    }
+    let mut headers: Vec<(&str, &[u8])> = www_authenticate
+        .iter()
+        .map(|v| ("WWW-Authenticate", &v[..]))
+        .collect();
+    headers.push(("Content-Type", b"text/plain; charset=utf-8"));
+    let mut out = Vec::with_capacity(256);
+    http1::encode_simple_response(
+        401,
+        "Unauthorized",
+        &headers,
+        b"401 Unauthorized\n",
+        keep_alive,
+        &mut out,
+    );
+    p.status.set(401);
+    p.response_started.set(true);
+    let n = out.len();
+    if write_by(&c.stream, out, Instant::now() + t.client_idle)
+        .await
+        .is_err()
+    {
+        return Ok((Next::Close, consumed, Vec::new()));
+    }
+    p.bytes_out.set(n as u64);
+    let mut leftover = Vec::new();
+    if drain > 0 {
+        let mut body = ReqBody::Length(drain);
+        let mut buf = bufpool::take();
+        while !body.is_done() {
+            buf.clear();
+            match read_by(&c.stream, buf, Instant::now() + t.client_idle).await {
+                Ok((0, _)) | Err(_) => return Ok((Next::Close, consumed, Vec::new())),
+                Ok((_, b)) => {
+                    buf = b;
+                    let k = body.frame(&buf).unwrap_or(buf.len());
+                    p.bytes_in.set(p.bytes_in.get() + k as u64);
+                    leftover.extend_from_slice(&buf[k..]);
+                }
+            }
+        }
+        bufpool::give(buf);
+    }
+    let next = if keep_alive {
+        Next::KeepAlive
+    } else {
+        Next::Linger
+    };
+    Ok((next, consumed, leftover))
 }
 
 /// The backend connection for this request: the client's private one when it is for the same

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::accesslog::Sink;
+use crate::auth::ntlm::{NtHashStore, NtlmAcceptor, VerifyPolicy};
 use crate::config::{Config, Scheme};
 use crate::net::listener::bind_reuseport;
 use crate::proxy::ctx::Shared;
@@ -105,14 +106,31 @@ pub fn prepare(cfg: Config) -> Result<Shared, Vec<String>> {
     } else {
         None
     };
+    let nt_hashes = match &cfg.auth.ntlm_hash_file {
+        Some(p) => match NtHashStore::load(p) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                errs.push(format!("--ntlm-hash-file `{}`: {e}", p.display()));
+                None
+            }
+        },
+        None => None,
+    };
     if !errs.is_empty() {
         return Err(errs);
     }
-    Ok(Shared {
+    let shared = Shared {
         cfg,
         tls_server,
         tls_client,
-    })
+        nt_hashes,
+    };
+    if let Err(e) = NtlmAcceptor::new(&shared.ntlm_config(), VerifyPolicy::default()) {
+        return Err(vec![format!(
+            "NTLM names (--ntlm-domain/--ntlm-computer/--dns-domain): {e}"
+        )]);
+    }
+    Ok(shared)
 }
 
 fn spawn_signal_thread(stop: watch::Sender<bool>) -> Result<(), Vec<String>> {

@@ -20,6 +20,9 @@ use crate::error::{Error, ErrorKind};
 use crate::net::{Io, Stream, TcpIo};
 use crate::tls::TlsStream;
 
+/// Idle time after which a pooled connection is checked for a close by the backend before reuse.
+const PEEK_AFTER: Duration = Duration::from_millis(500);
+
 /// What makes two backend connections interchangeable.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PoolKey {
@@ -63,8 +66,11 @@ impl Pool {
         let list = self.idle.get_mut(key)?;
         let now = Instant::now();
         while let Some(idle) = list.pop() {
-            if now.duration_since(idle.since) < self.idle_timeout
-                && !idle.conn.stream.tcp().peer_closed()
+            let idle_for = now.duration_since(idle.since);
+            // The liveness peek costs a syscall; a connection that finished a response moments
+            // ago is almost never closed already (and a bodyless request is retried if it was).
+            if idle_for < self.idle_timeout
+                && (idle_for < PEEK_AFTER || !idle.conn.stream.tcp().peer_closed())
             {
                 return Some(idle.conn);
             }

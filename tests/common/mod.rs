@@ -14,6 +14,7 @@ pub mod certs;
 pub mod client;
 pub mod curl;
 pub mod echo;
+pub mod lab;
 pub mod pattern;
 pub mod proxy;
 

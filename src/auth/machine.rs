@@ -1,0 +1,474 @@
+//! The per-connection authentication state machine. Runs inline on the core: parsing,
+//! challenge generation and local verification cost microseconds; only checks that may block
+//! (a domain controller, a KDC) go to the bounded pool.
+//!
+//! ```text
+//!              NEGOTIATE (NTLM or Negotiate-wrapped)         AUTHENTICATE, proof verified
+//!  Anonymous ─────────────────────────────► NtlmChallenged ─────────────────► Authenticated(id)
+//!      ▲  ▲                                   │  (state consumed: a challenge is used once)   │
+//!      │  └───────────── proof fails ─────────┘                                                │
+//!      └──────────── a new NEGOTIATE restarts the handshake on an authenticated connection ───┘
+//! ```
+//!
+//! NTLM and Negotiate authenticate the *connection*: a later request without `Authorization`
+//! keeps the identity; a new `Authorization` starts over (MS-N2HT). Basic authenticates each
+//! request and never changes the connection's state.
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+
+use super::identity::{AuthScheme, Identity, IdentityMap};
+use super::ntlm::spnego::{self, NegState, NtlmRoute, Wrapping};
+use super::ntlm::{ChallengeState, FileTime, LocalBackend, NtlmAcceptor, NtlmError};
+use crate::config::route::Offer;
+use crate::error::{Error, ErrorKind};
+
+/// What the connection knows about its client.
+#[derive(Default)]
+pub enum ConnAuth {
+    #[default]
+    Anonymous,
+    /// SPNEGO picked NTLM for a client that led with another mechanism; its NEGOTIATE comes
+    /// next. Holds the client's MechTypeList, which the final mechListMIC signs.
+    SpnegoNtlmSelected(Vec<u8>),
+    /// A CHALLENGE was sent; the AUTHENTICATE must come on this connection.
+    NtlmChallenged(Box<Challenged>),
+    Authenticated(Identity),
+}
+
+pub struct Challenged {
+    state: ChallengeState,
+    /// `NTLM` or `Negotiate`: the answer goes back under the same header.
+    via: Via,
+    /// SPNEGO: the client's MechTypeList, which the final mechListMIC signs.
+    mech_types_der: Option<Vec<u8>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Via {
+    Ntlm,
+    NegotiateRaw,
+    NegotiateSpnego,
+}
+
+/// Proxy-wide authentication settings and verifiers (per core: the hash store is shared
+/// read-only).
+pub struct AuthCtx {
+    pub ntlm: Option<NtlmAcceptor>,
+    pub local: Option<LocalBackend>,
+    pub map: IdentityMap,
+    pub basic_realm: String,
+    /// Accept Basic on plain-HTTP listeners (the password would cross the network in clear).
+    pub basic_over_http: bool,
+}
+
+/// The auth phase's answer for one request.
+pub enum Verdict {
+    /// Forward the request; `identity` is `None` on anonymous routes. `headers` go on the
+    /// response to the client (final Negotiate token, `Persistent-Auth`).
+    Proceed {
+        identity: Option<Identity>,
+        headers: Vec<(&'static str, Vec<u8>)>,
+    },
+    /// Answer 401 with these `WWW-Authenticate` values; the connection stays open.
+    Challenge {
+        www_authenticate: Vec<Vec<u8>>,
+        error: Error,
+    },
+}
+
+fn challenge(
+    www: Vec<Vec<u8>>,
+    kind: ErrorKind,
+    why: impl Into<std::borrow::Cow<'static, str>>,
+) -> Verdict {
+    Verdict::Challenge {
+        www_authenticate: www,
+        error: Error::new(kind, why),
+    }
+}
+
+impl AuthCtx {
+    /// The first-round challenges for `offers`, one header value each, no token data.
+    pub fn initial_challenges(&self, offers: &[Offer], tls: bool) -> Vec<Vec<u8>> {
+        offers
+            .iter()
+            .filter_map(|o| match o {
+                Offer::Negotiate => Some(b"Negotiate".to_vec()),
+                Offer::Ntlm => Some(b"NTLM".to_vec()),
+                Offer::Basic if tls || self.basic_over_http => Some(
+                    format!("Basic realm=\"{}\", charset=\"UTF-8\"", self.basic_realm).into_bytes(),
+                ),
+                Offer::Basic => None,
+            })
+            .collect()
+    }
+
+    /// Runs the auth phase for one request. `authorization` is the request's header value.
+    pub fn authenticate(
+        &self,
+        conn: &mut ConnAuth,
+        offers: &[Offer],
+        authorization: Option<&[u8]>,
+        tls: bool,
+    ) -> Verdict {
+        if offers.is_empty() {
+            return Verdict::Proceed {
+                identity: None,
+                headers: Vec::new(),
+            };
+        }
+        let retry = |why: &'static str| {
+            challenge(
+                self.initial_challenges(offers, tls),
+                ErrorKind::Unauthenticated,
+                why,
+            )
+        };
+        let Some(auth) = authorization else {
+            if let ConnAuth::Authenticated(id) = conn {
+                if id.scheme().is_connection_bound() && offers_scheme(offers, id.scheme()) {
+                    return Verdict::Proceed {
+                        identity: Some(id.clone()),
+                        headers: Vec::new(),
+                    };
+                }
+            }
+            return retry("no credentials");
+        };
+        let (scheme, token) = split_auth(auth);
+        if scheme.eq_ignore_ascii_case(b"NTLM") && offers.contains(&Offer::Ntlm) {
+            let Some(raw) = decode_b64(token) else {
+                *conn = ConnAuth::Anonymous;
+                return retry("NTLM token is not base64");
+            };
+            return self.ntlm_step(conn, offers, tls, &raw, Via::Ntlm, None, None);
+        }
+        if scheme.eq_ignore_ascii_case(b"Negotiate") && offers.contains(&Offer::Negotiate) {
+            let Some(raw) = decode_b64(token) else {
+                *conn = ConnAuth::Anonymous;
+                return retry("Negotiate token is not base64");
+            };
+            return self.negotiate_step(conn, offers, tls, &raw);
+        }
+        if scheme.eq_ignore_ascii_case(b"Basic") && offers.contains(&Offer::Basic) {
+            if !(tls || self.basic_over_http) {
+                return retry("Basic refused on a plain-HTTP listener");
+            }
+            return self.basic(offers, tls, token);
+        }
+        *conn = ConnAuth::Anonymous;
+        retry("authorization scheme not offered on this route")
+    }
+
+    fn negotiate_step(
+        &self,
+        conn: &mut ConnAuth,
+        offers: &[Offer],
+        tls: bool,
+        raw: &[u8],
+    ) -> Verdict {
+        let retry = |why: &'static str| {
+            challenge(
+                self.initial_challenges(offers, tls),
+                ErrorKind::Unauthenticated,
+                why,
+            )
+        };
+        let route = match spnego::route_ntlm(raw) {
+            Ok(r) => r,
+            Err(e) => {
+                *conn = ConnAuth::Anonymous;
+                return challenge(
+                    self.initial_challenges(offers, tls),
+                    ErrorKind::Unauthenticated,
+                    e.to_string(),
+                );
+            }
+        };
+        // NTLM inside Negotiate is accepted only where the route allows NTLM; otherwise the
+        // client is told the remaining schemes (a 401, never a 403: PROTOCOLS.md 7).
+        let ntlm_ok = offers.contains(&Offer::Ntlm) && self.ntlm.is_some();
+        match route {
+            NtlmRoute::Message { ntlm, wrapping } if ntlm_ok => {
+                let via = match wrapping {
+                    Wrapping::Raw => Via::NegotiateRaw,
+                    Wrapping::Spnego => Via::NegotiateSpnego,
+                };
+                let (mech_types, client_mic) = match spnego::parse_negotiate_token(raw) {
+                    Ok(spnego::NegotiateToken::Init(init)) => {
+                        (Some(init.mech_types_der().to_vec()), None)
+                    }
+                    Ok(spnego::NegotiateToken::Resp(resp)) => (None, resp.mech_list_mic),
+                    _ => (None, None),
+                };
+                self.ntlm_step(conn, offers, tls, ntlm, via, mech_types, client_mic)
+            }
+            NtlmRoute::NtlmOffered if ntlm_ok => {
+                // The client lists NTLM but led with another mechanism's token: ask it to
+                // continue with NTLM (RFC 4178 §3.2 mechanism selection).
+                let init_types = match spnego::parse_negotiate_token(raw) {
+                    Ok(spnego::NegotiateToken::Init(init)) => Some(init.mech_types_der().to_vec()),
+                    _ => None,
+                };
+                let token = spnego::build_neg_token_resp(
+                    NegState::AcceptIncomplete,
+                    Some(spnego::oid::NTLM),
+                    None,
+                    None,
+                );
+                // Remember the mech list for the MIC; the NEGOTIATE comes next.
+                *conn = match init_types {
+                    Some(t) => ConnAuth::SpnegoNtlmSelected(t),
+                    None => ConnAuth::Anonymous,
+                };
+                challenge(
+                    vec![neg_header(&token)],
+                    ErrorKind::Unauthenticated,
+                    "SPNEGO: continue with NTLM",
+                )
+            }
+            NtlmRoute::Message { .. } | NtlmRoute::NtlmOffered => {
+                *conn = ConnAuth::Anonymous;
+                retry("NTLM inside Negotiate is not allowed on this route")
+            }
+            NtlmRoute::NotNtlm => {
+                *conn = ConnAuth::Anonymous;
+                retry("Kerberos is not configured on this proxy (no --keytab)")
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)] // Reason: one step of a handshake, all its inputs named.
+    fn ntlm_step(
+        &self,
+        conn: &mut ConnAuth,
+        offers: &[Offer],
+        tls: bool,
+        msg: &[u8],
+        via: Via,
+        mech_types_der: Option<Vec<u8>>,
+        client_mech_list_mic: Option<&[u8]>,
+    ) -> Verdict {
+        let retry = |e: Error| Verdict::Challenge {
+            www_authenticate: self.initial_challenges(offers, tls),
+            error: e,
+        };
+        let Some(acceptor) = &self.ntlm else {
+            *conn = ConnAuth::Anonymous;
+            return retry(Error::new(
+                ErrorKind::Unauthenticated,
+                "NTLM is not configured (no --ntlm-hash-file)",
+            ));
+        };
+        match msg.get(8) {
+            // NEGOTIATE: always answered with a challenge, never forwarded — also on an
+            // authenticated connection (WinINET's empty POST, PROTOCOLS.md 5).
+            Some(1) => match acceptor.challenge(msg, FileTime::now()) {
+                Ok(state) => {
+                    let mech_types_der = match (mech_types_der, std::mem::take(conn)) {
+                        (Some(t), _) => Some(t),
+                        (None, ConnAuth::SpnegoNtlmSelected(t)) if via == Via::NegotiateSpnego => {
+                            Some(t)
+                        }
+                        _ => None,
+                    };
+                    let token = match via {
+                        Via::NegotiateSpnego => spnego::build_neg_token_resp(
+                            NegState::AcceptIncomplete,
+                            Some(spnego::oid::NTLM),
+                            Some(state.message()),
+                            None,
+                        ),
+                        _ => state.message().to_vec(),
+                    };
+                    let header = match via {
+                        Via::Ntlm => scheme_header("NTLM", &token),
+                        _ => neg_header(&token),
+                    };
+                    *conn = ConnAuth::NtlmChallenged(Box::new(Challenged {
+                        state,
+                        via,
+                        mech_types_der,
+                    }));
+                    Verdict::Challenge {
+                        www_authenticate: vec![header],
+                        error: Error::new(ErrorKind::Unauthenticated, "ntlm_challenge_sent"),
+                    }
+                }
+                Err(e) => {
+                    *conn = ConnAuth::Anonymous;
+                    retry(e.into())
+                }
+            },
+            Some(3) => {
+                let ConnAuth::NtlmChallenged(ch) = std::mem::take(conn) else {
+                    return retry(Error::new(
+                        ErrorKind::Unauthenticated,
+                        "NTLM AUTHENTICATE without a challenge on this connection",
+                    ));
+                };
+                let Challenged {
+                    state,
+                    via: ch_via,
+                    mech_types_der,
+                } = *ch;
+                if (ch_via == Via::Ntlm) != (via == Via::Ntlm) {
+                    return retry(Error::new(
+                        ErrorKind::Unauthenticated,
+                        "NTLM handshake switched header scheme",
+                    ));
+                }
+                let Some(local) = &self.local else {
+                    return retry(Error::new(
+                        ErrorKind::Unauthenticated,
+                        "no NTLM verification back end",
+                    ));
+                };
+                let verified = match acceptor.verify(state, msg, local, FileTime::now()) {
+                    Ok(v) => v,
+                    Err(e) => return retry(ntlm_error(e)),
+                };
+                let Some(principal) = self.map.principal(verified.user(), verified.domain()) else {
+                    return retry(Error::new(
+                        ErrorKind::Unauthenticated,
+                        "no realm for the user's domain (--realm)",
+                    ));
+                };
+                let user = if verified.domain().is_empty() {
+                    verified.user().to_string()
+                } else {
+                    format!("{}\\{}", verified.domain(), verified.user())
+                };
+                let scheme = if via == Via::Ntlm {
+                    AuthScheme::Ntlm
+                } else {
+                    AuthScheme::NegotiateNtlm
+                };
+                let mut headers: Vec<(&'static str, Vec<u8>)> =
+                    vec![("Persistent-Auth", b"true".to_vec())];
+                if via == Via::NegotiateSpnego {
+                    let mic = match &mech_types_der {
+                        Some(types) => {
+                            match spnego::ntlm_mech_list_mic(&verified, types, client_mech_list_mic)
+                            {
+                                Ok(m) => Some(m),
+                                Err(e) => return retry(ntlm_error(e)),
+                            }
+                        }
+                        None => None,
+                    };
+                    let token = spnego::build_neg_token_resp(
+                        NegState::AcceptCompleted,
+                        None,
+                        None,
+                        mic.as_ref().map(|m| &m[..]),
+                    );
+                    headers.push(("WWW-Authenticate", neg_header(&token)));
+                }
+                let id = Identity::new(scheme, user, principal);
+                *conn = ConnAuth::Authenticated(id.clone());
+                Verdict::Proceed {
+                    identity: Some(id),
+                    headers,
+                }
+            }
+            _ => {
+                *conn = ConnAuth::Anonymous;
+                retry(Error::new(
+                    ErrorKind::Unauthenticated,
+                    "NTLM message is neither NEGOTIATE nor AUTHENTICATE",
+                ))
+            }
+        }
+    }
+
+    fn basic(&self, offers: &[Offer], tls: bool, token: &[u8]) -> Verdict {
+        let retry = |why: &'static str| {
+            challenge(
+                self.initial_challenges(offers, tls),
+                ErrorKind::Unauthenticated,
+                why,
+            )
+        };
+        let Some(raw) = decode_b64(token) else {
+            return retry("Basic credentials are not base64");
+        };
+        let Ok(text) = std::str::from_utf8(&raw) else {
+            return retry("Basic credentials are not UTF-8");
+        };
+        let Some((login, password)) = text.split_once(':') else {
+            return retry("Basic credentials without ':'");
+        };
+        let (domain, user) = match login.split_once('\\') {
+            Some((d, u)) => (d, u),
+            None => ("", login),
+        };
+        let Some(store) = self.local.as_ref().map(LocalBackend::store) else {
+            return retry("Basic is not configured (no --ntlm-hash-file)");
+        };
+        if !store
+            .lookup(user, domain)
+            .is_some_and(|e| e.matches_password(password))
+        {
+            return retry("basic_wrong_password");
+        }
+        let Some(principal) = self.map.principal(user, domain) else {
+            return retry("no realm for the user's domain (--realm)");
+        };
+        Verdict::Proceed {
+            identity: Some(Identity::new(
+                AuthScheme::Basic,
+                login.to_string(),
+                principal,
+            )),
+            headers: Vec::new(),
+        }
+    }
+}
+
+fn ntlm_error(e: NtlmError) -> Error {
+    Error::new(e.error_kind(), e.as_str())
+}
+
+fn offers_scheme(offers: &[Offer], s: AuthScheme) -> bool {
+    match s {
+        AuthScheme::Ntlm => offers.contains(&Offer::Ntlm),
+        AuthScheme::NegotiateNtlm | AuthScheme::NegotiateKerberos => {
+            offers.contains(&Offer::Negotiate)
+        }
+        AuthScheme::Basic => offers.contains(&Offer::Basic),
+    }
+}
+
+/// `Scheme token` → (scheme, token), token with surrounding spaces trimmed.
+fn split_auth(v: &[u8]) -> (&[u8], &[u8]) {
+    let v = v.trim_ascii();
+    match v.iter().position(|&b| b == b' ') {
+        Some(i) => (&v[..i], v[i + 1..].trim_ascii()),
+        None => (v, &[][..]),
+    }
+}
+
+/// Largest token accepted: Kerberos tickets with large PACs exceed 8 KB (PROTOCOLS.md 8); the
+/// head limit bounds it anyway.
+const MAX_TOKEN: usize = 64 * 1024;
+
+fn decode_b64(token: &[u8]) -> Option<Vec<u8>> {
+    if token.is_empty() || token.len() > MAX_TOKEN {
+        return None;
+    }
+    B64.decode(token).ok()
+}
+
+fn scheme_header(scheme: &str, token: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(scheme.len() + 1 + token.len() * 4 / 3 + 4);
+    v.extend_from_slice(scheme.as_bytes());
+    v.push(b' ');
+    v.extend_from_slice(B64.encode(token).as_bytes());
+    v
+}
+
+fn neg_header(token: &[u8]) -> Vec<u8> {
+    scheme_header("Negotiate", token)
+}

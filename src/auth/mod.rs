@@ -1,0 +1,10 @@
+//! Authentication of clients: the per-connection state machine ([`machine`]), the mechanisms it
+//! drives ([`ntlm`]), and the [`identity::Identity`] that only this module can mint.
+#![forbid(unsafe_code)]
+
+pub mod identity;
+pub mod machine;
+pub mod ntlm;
+
+pub use identity::{AuthScheme, Identity, IdentityMap};
+pub use machine::{AuthCtx, ConnAuth, Verdict};
