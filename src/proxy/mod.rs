@@ -452,7 +452,7 @@ async fn exchange(
     let mut continue_sent = false;
     loop {
         // ---- backend connection ----
-        let (mut bconn, reused) = backend_conn(c, ctx, &backend, attempt > 0)
+        let (mut bconn, reused) = backend_conn(c, ctx, &backend, attempt > 0, body.is_none())
             .await
             .map_err(|e| (e, bodyless))?;
         rl.reused = reused;
@@ -691,6 +691,7 @@ async fn backend_conn(
     ctx: &WorkerCtx,
     backend: &Rc<Backend>,
     fresh: bool,
+    retryable: bool,
 ) -> Result<(BackendConn, bool), Error> {
     if let Some(pb) = c.private_backend.take() {
         if !fresh && *pb.key.backend == **backend && !pb.stream.tcp().peer_closed() {
@@ -703,7 +704,7 @@ async fn backend_conn(
         identity: None,
     };
     if !fresh {
-        if let Some(bc) = ctx.pool.borrow_mut().take(&key) {
+        if let Some(bc) = ctx.pool.borrow_mut().take(&key, retryable) {
             return Ok((bc, true));
         }
     }

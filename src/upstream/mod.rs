@@ -61,16 +61,19 @@ impl Pool {
     }
 
     /// The most recently used live connection for `key`, if any. Connections idle too long or
-    /// closed by the backend are dropped on the way.
-    pub fn take(&mut self, key: &PoolKey) -> Option<BackendConn> {
+    /// closed by the backend are dropped on the way. `retryable`: the caller can resend the
+    /// request on a fresh connection if this one turns out closed, so a connection idle only
+    /// moments is handed out without the liveness syscall.
+    pub fn take(&mut self, key: &PoolKey, retryable: bool) -> Option<BackendConn> {
         let list = self.idle.get_mut(key)?;
         let now = Instant::now();
         while let Some(idle) = list.pop() {
             let idle_for = now.duration_since(idle.since);
             // The liveness peek costs a syscall; a connection that finished a response moments
-            // ago is almost never closed already (and a bodyless request is retried if it was).
+            // ago is rarely closed already, and a retryable request is resent if it was. A
+            // request whose body streams from the client cannot be resent: always check.
             if idle_for < self.idle_timeout
-                && (idle_for < PEEK_AFTER || !idle.conn.stream.tcp().peer_closed())
+                && ((retryable && idle_for < PEEK_AFTER) || !idle.conn.stream.tcp().peer_closed())
             {
                 return Some(idle.conn);
             }
