@@ -371,6 +371,7 @@ fn hop_by_hop_request_headers_are_removed_and_forwarding_headers_set() {
           Proxy-Authorization: Basic Zm9vOmJhcg==\r\n\
           Proxy-Connection: keep-alive\r\n\
           X-Forwarded-For: 192.0.2.7\r\n\
+          X-Forwarded-For: 198.51.100.9, 203.0.113.4\r\n\
           X-Forwarded-Proto: https\r\n\
           X-Forwarded-Host: spoofed.example\r\n\
           X-Keep: end-to-end\r\n\
@@ -408,7 +409,7 @@ fn hop_by_hop_request_headers_are_removed_and_forwarding_headers_set() {
     assert_eq!(h("Cookie"), ["a=1"]);
     assert_eq!(
         h("X-Forwarded-For").join(", "),
-        "192.0.2.7, 127.0.0.1",
+        "192.0.2.7, 198.51.100.9, 203.0.113.4, 127.0.0.1",
         "X-Forwarded-For: the client's address appended"
     );
     assert_eq!(
@@ -830,4 +831,31 @@ fn empty_bodies_in_every_framing() {
     assert_eq!((r.status(), r.body.len()), (204, 0));
     let r = c.get("/after-empties");
     assert_eq!(r.status(), 200, "{}", r.summary());
+}
+
+#[test]
+fn head_of_a_huge_download_returns_at_once() {
+    let (echo, proxy) = setup(&[]);
+    let mut c = proxy.client();
+    c.set_read_timeout(Duration::from_secs(3));
+    for target in [
+        "/download?bytes=1073741824",
+        "/download?bytes=1073741824&chunked=1",
+    ] {
+        let r = c.request("HEAD", target, &[], b"");
+        assert_eq!(r.status(), 200, "{target}: {}", r.summary());
+        assert!(r.body.is_empty());
+        assert_eq!(r.header("X-Pattern-Len"), Some("1073741824"), "{target}");
+    }
+    let r = c.request("HEAD", "/download?bytes=1073741824", &[], b"");
+    assert_eq!(
+        r.header("Content-Length"),
+        Some("1073741824"),
+        "a HEAD response keeps the length a GET would have: {}",
+        r.summary()
+    );
+    c.set_read_timeout(common::IO_TIMEOUT);
+    let r = c.get("/after-head");
+    assert_eq!(r.status(), 200, "{}", r.summary());
+    assert_eq!(echo.requests(), 4);
 }
