@@ -371,6 +371,7 @@ fn hop_by_hop_request_headers_are_removed_and_forwarding_headers_set() {
           Proxy-Authorization: Basic Zm9vOmJhcg==\r\n\
           Proxy-Connection: keep-alive\r\n\
           X-Forwarded-For: 192.0.2.7\r\n\
+          X-Forwarded-For: 198.51.100.9, 203.0.113.4\r\n\
           X-Forwarded-Proto: https\r\n\
           X-Forwarded-Host: spoofed.example\r\n\
           X-Keep: end-to-end\r\n\
@@ -408,7 +409,7 @@ fn hop_by_hop_request_headers_are_removed_and_forwarding_headers_set() {
     assert_eq!(h("Cookie"), ["a=1"]);
     assert_eq!(
         h("X-Forwarded-For").join(", "),
-        "192.0.2.7, 127.0.0.1",
+        "192.0.2.7, 198.51.100.9, 203.0.113.4, 127.0.0.1",
         "X-Forwarded-For: the client's address appended"
     );
     assert_eq!(
@@ -646,31 +647,42 @@ fn concurrent_clients_get_their_own_responses() {
     );
 }
 
-#[test]
-fn pooled_connection_closed_by_the_backend_is_not_used() {
+/// Makes the backend close the connection the proxy just pooled (a keep-alive response, then a
+/// close, as a backend's idle or request limit does), waits until that close has reached the
+/// proxy's socket, then sends `method` with `body` on the same client connection.
+fn request_after_backend_closed_the_pooled_connection(method: &str, body: &[u8]) {
     let (echo, proxy) = setup(&[]);
     let mut c = proxy.client();
-    let body = pattern::bytes(50_000);
-    for (i, method) in ["GET", "POST"].iter().enumerate() {
-        let r = c.get("/quietclose");
-        assert_eq!(r.status(), 200, "{}", r.summary());
-        // The backend has closed the connection the proxy just pooled.
-        assert!(
-            common::poll_until(Duration::from_secs(3), || echo.closed() > i as u64),
-            "echo did not close"
-        );
-        let target = format!("/after-quiet-close/{method}");
-        let payload: &[u8] = if *method == "POST" { &body } else { b"" };
-        let r = c.request(method, &target, &[], payload);
-        assert_eq!(
-            r.status(),
-            200,
-            "{method} after the backend closed the pooled connection: {}",
-            r.summary()
-        );
-        assert_eq!(r.json()["body_sha256"], sha256_hex(payload));
-    }
-    assert_eq!(echo.requests(), 4);
+    let r = c.get("/quietclose");
+    assert_eq!(r.status(), 200, "{}", r.summary());
+    assert!(
+        common::poll_until(Duration::from_secs(3), || echo.closed() >= 1),
+        "echo did not close"
+    );
+    let target = format!("/after-quiet-close/{method}");
+    let r = c.request(method, &target, &[], body);
+    assert_eq!(
+        r.status(),
+        200,
+        "{method} with a {}-byte body, sent after the backend had closed the pooled connection \
+         (its FIN already received): {}",
+        body.len(),
+        r.summary()
+    );
+    assert_eq!(r.json()["body_sha256"], sha256_hex(body));
+    assert_eq!(echo.requests(), 2);
+}
+
+#[test]
+fn pooled_connection_closed_by_the_backend_is_not_used_for_a_bodyless_request() {
+    request_after_backend_closed_the_pooled_connection("GET", b"");
+}
+
+#[test]
+fn pooled_connection_closed_by_the_backend_is_not_used_for_a_request_with_a_body() {
+    // A body cannot be replayed on another connection, so a stale pooled connection must be
+    // detected before it is used.
+    request_after_backend_closed_the_pooled_connection("POST", &pattern::bytes(50_000));
 }
 
 #[test]
@@ -819,4 +831,31 @@ fn empty_bodies_in_every_framing() {
     assert_eq!((r.status(), r.body.len()), (204, 0));
     let r = c.get("/after-empties");
     assert_eq!(r.status(), 200, "{}", r.summary());
+}
+
+#[test]
+fn head_of_a_huge_download_returns_at_once() {
+    let (echo, proxy) = setup(&[]);
+    let mut c = proxy.client();
+    c.set_read_timeout(Duration::from_secs(3));
+    for target in [
+        "/download?bytes=1073741824",
+        "/download?bytes=1073741824&chunked=1",
+    ] {
+        let r = c.request("HEAD", target, &[], b"");
+        assert_eq!(r.status(), 200, "{target}: {}", r.summary());
+        assert!(r.body.is_empty());
+        assert_eq!(r.header("X-Pattern-Len"), Some("1073741824"), "{target}");
+    }
+    let r = c.request("HEAD", "/download?bytes=1073741824", &[], b"");
+    assert_eq!(
+        r.header("Content-Length"),
+        Some("1073741824"),
+        "a HEAD response keeps the length a GET would have: {}",
+        r.summary()
+    );
+    c.set_read_timeout(common::IO_TIMEOUT);
+    let r = c.get("/after-head");
+    assert_eq!(r.status(), 200, "{}", r.summary());
+    assert_eq!(echo.requests(), 4);
 }

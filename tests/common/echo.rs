@@ -25,7 +25,7 @@
 //! | any `?pad=N` | adds an `X-Pad` response header of N bytes (default echo, `/status/N`) |
 //! | `/status/N` | the echo JSON with status N (no body for 204/304) |
 //! | `/slow?ms=N` | sleeps N ms, then the echo JSON |
-//! | `/download?bytes=N[&chunked=1][&chunk=K]` | N bytes of [`pattern`], Content-Length or chunked |
+//! | `/download?bytes=N[&chunked=1][&chunk=K]` | N bytes of [`pattern`], Content-Length or chunked (HEAD: the head only) |
 //! | `/close[?bytes=N]` | the echo JSON (or N pattern bytes) delimited by closing the connection |
 //! | `/chunked-echo` | the echo JSON, chunked in 7-byte chunks |
 //! | `/drip?chunks=N&ms=M&size=S` | chunked: N chunks of S pattern bytes, M ms apart |
@@ -638,6 +638,21 @@ fn respond<S: Stream>(c: &mut Conn<S>, req: &Request, ids: &Ids) -> io::Result<b
             let n = req.query_u64("bytes").unwrap_or(0);
             let chunked = req.query("chunked") == Some("1");
             let chunk = req.query_u64("chunk").unwrap_or(64 * 1024).max(1) as usize;
+            if req.method == "HEAD" {
+                // The head a GET would get, without the body.
+                let framing = if chunked {
+                    "Transfer-Encoding: chunked".to_string()
+                } else {
+                    format!("Content-Length: {n}")
+                };
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n\
+                     X-Pattern-Len: {n}\r\n{framing}\r\n\r\n"
+                );
+                c.write_all(head.as_bytes())?;
+                c.flush()?;
+                return Ok(true);
+            }
             return send_pattern(c, n, chunked, chunk, Duration::ZERO);
         }
         "/drip" => {

@@ -1,7 +1,8 @@
 //! Fixtures shared by the integration tests of the proxy core: a real HTTP/1.1 origin
 //! ([`echo`]), a launcher for the proxy binary ([`proxy`]), a raw-socket HTTP/1.1 client that
 //! parses responses itself ([`client`]), certificates made with the `openssl` CLI ([`certs`]) and
-//! a deterministic byte pattern for large bodies ([`pattern`]).
+//! a deterministic byte pattern for large bodies ([`pattern`]). `lab` (the Kerberos lab fixture)
+//! belongs to the lab tests and is only declared here.
 //!
 //! Every test starts its own servers on free loopback ports, so tests in one binary run in
 //! parallel without sharing state. Every socket operation has a timeout and every wait is
