@@ -758,3 +758,110 @@ fn the_backend_gets_the_identity_header_and_never_the_clients_authorization() {
         heads[0]
     );
 }
+
+// ---------------------------------------------------------------- handshakes with bodies and HEAD
+
+#[test]
+fn a_head_request_gets_a_bodiless_401_and_authenticates() {
+    let e = env();
+    let client = alice(e);
+    let path = format!("/public/echo/{}", nonce("head"));
+    let mut conn = Conn::open(e.proxy.http);
+    conn.send_head("HEAD", &path, &[], None);
+    let r = conn.read_head_response();
+    assert_eq!((r.status, r.challenges()), (401, BOTH.to_vec()));
+    let neg = client.negotiate();
+    conn.send_head(
+        "HEAD",
+        &path,
+        &[("Authorization", &auth_header("NTLM", &neg))],
+        None,
+    );
+    let r = conn.read_head_response();
+    assert_eq!(r.status, 401, "{r:?}");
+    let challenge = r.token("NTLM").expect("challenge");
+    let auth = client.authenticate(&neg, &challenge).unwrap().message;
+    conn.send_head(
+        "HEAD",
+        &path,
+        &[("Authorization", &auth_header("NTLM", &auth))],
+        None,
+    );
+    let r = conn.read_head_response();
+    assert_eq!(
+        r.status, 200,
+        "a 401 to HEAD must carry no body, or this reads it: {r:?}"
+    );
+    // And the connection is still in step.
+    let r = conn.request("GET", &path, &[], b"");
+    assert_eq!(r.echo("x_kcd_user").as_deref(), Some(ALICE), "{r:?}");
+}
+
+#[test]
+fn a_large_body_sent_with_the_negotiate_does_not_cost_the_connection() {
+    // Clients that resend the whole request on every leg (requests-ntlm, SOAP stacks without
+    // Expect) send the body with their NEGOTIATE too: the CHALLENGE must still keep the
+    // connection, or the AUTHENTICATE can never arrive where it has to.
+    let e = env();
+    let client = alice(e);
+    let path = format!("/public/echo/{}", nonce("big-negotiate"));
+    let body: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+    let mut conn = Conn::open(e.proxy.http);
+    let neg = client.negotiate();
+    let r = conn.request(
+        "POST",
+        &path,
+        &[("Authorization", &auth_header("NTLM", &neg))],
+        &body,
+    );
+    assert_eq!(r.status, 401, "{r:?}");
+    assert!(!r.closes(), "the CHALLENGE closed the connection: {r:?}");
+    let challenge = r.token("NTLM").expect("challenge");
+    let auth = client.authenticate(&neg, &challenge).unwrap().message;
+    let r = conn.request(
+        "POST",
+        &path,
+        &[("Authorization", &auth_header("NTLM", &auth))],
+        &body,
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.echo("body_sha256"), Some(sha256_hex(&body)));
+    assert_eq!(
+        backend_hits(e.lab, "POST", &path, 1, Duration::from_millis(300)),
+        1
+    );
+}
+
+#[test]
+fn a_chunked_body_sent_with_the_negotiate_does_not_cost_the_connection() {
+    let e = env();
+    let client = alice(e);
+    let path = format!("/public/echo/{}", nonce("chunked-negotiate"));
+    let chunked = b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+    let mut conn = Conn::open(e.proxy.http);
+    let neg = client.negotiate();
+    let h = auth_header("NTLM", &neg);
+    conn.send_head(
+        "POST",
+        &path,
+        &[("Authorization", &h), ("Transfer-Encoding", "chunked")],
+        None,
+    );
+    conn.send(chunked);
+    let r = conn.read_response();
+    assert_eq!(r.status, 401, "{r:?}");
+    assert!(!r.closes(), "the CHALLENGE closed the connection: {r:?}");
+    let challenge = r.token("NTLM").expect("challenge");
+    let auth = client.authenticate(&neg, &challenge).unwrap().message;
+    let h = auth_header("NTLM", &auth);
+    conn.send_head(
+        "POST",
+        &path,
+        &[("Authorization", &h), ("Transfer-Encoding", "chunked")],
+        None,
+    );
+    conn.send(chunked);
+    let r = conn.read_response();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.echo("body_length").as_deref(), Some("11"));
+}
