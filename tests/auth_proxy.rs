@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use auth::{auth_header, backend_hits, curl, nonce, sha256_hex, Conn, Proxy, Recorder, Response};
 use common::lab::{lab, Lab};
-use kcdproxy::auth::ntlm::client::NtlmClient;
+use kcdproxy::auth::ntlm::client::{MicMode, NtlmClient};
 
 struct Env {
     lab: &'static Lab,
@@ -562,6 +562,13 @@ fn a_wrong_password_is_refused() {
         lines.iter().any(|l| l.contains("ntlm_wrong_password")),
         "the log says why: {lines:#?}"
     );
+    // Whatever the message claims: no MIC, no key exchange, the legacy layout.
+    let mut forged = wrong.clone();
+    forged.mic = MicMode::None;
+    forged.key_exch = false;
+    forged.legacy_layout = true;
+    let (r, _) = handshake(&mut conn, "NTLM", "GET", &path, &forged, &[], b"");
+    assert_eq!(r.status, 401, "{r:?}");
     // curl too.
     let url = format!("http://{}{path}", e.proxy.http);
     let out = curl(&[

@@ -121,7 +121,7 @@ impl Proxy {
                 .stderr(File::create(&log).expect("log file"));
             let mut child = cmd.spawn().expect("start kcdproxy");
             let pid = child.id();
-            guard(pid);
+            guard(pid, &dir);
             let proxy = Proxy {
                 http: SocketAddr::from((Ipv4Addr::LOCALHOST, http)),
                 https: SocketAddr::from((Ipv4Addr::LOCALHOST, https)),
@@ -161,7 +161,8 @@ impl Proxy {
                 .collect();
             if foreign.is_empty() {
                 eprintln!(
-                    "kcdproxy pid {pid} on http {} / https {}; logs in {}",
+                    "kcdproxy pid {pid} on http {} / https {}; logs in {} \
+                     (removed at exit unless KCD_TEST_KEEP_LOGS=1)",
                     proxy.http,
                     proxy.https,
                     dir.display()
@@ -214,11 +215,15 @@ impl Proxy {
 }
 
 /// A process that kills `pid` when this test process exits (its stdin reaches end-of-file when
-/// the last writer, this process, is gone — also when it is killed).
-fn guard(pid: u32) {
-    let script = "read _ignored; kill -TERM \"$1\" 2>/dev/null; sleep 2; kill -KILL \"$1\" 2>/dev/null; exit 0";
+/// the last writer, this process, is gone — also when it is killed), then removes `dir` unless
+/// `KCD_TEST_KEEP_LOGS=1`.
+fn guard(pid: u32, dir: &Path) {
+    let script =
+        "read _ignored; kill -TERM \"$1\" 2>/dev/null; sleep 1; kill -KILL \"$1\" 2>/dev/null; \
+                  [ \"$KCD_TEST_KEEP_LOGS\" = 1 ] || rm -rf -- \"$2\"; exit 0";
     let mut child = Command::new("/bin/sh")
         .args(["-c", script, "kcd-test-guard", &pid.to_string()])
+        .arg(dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
