@@ -598,8 +598,14 @@ async fn exchange(
 /// handshake; larger ones close it.
 const DRAIN_AFTER_401: u64 = 64 * 1024;
 
+/// The allowance while this connection waits for an NTLM AUTHENTICATE: the challenge is bound
+/// to the connection, so closing it would make the handshake impossible for clients that send
+/// the whole request on every leg (requests-ntlm, SOAP stacks without `Expect`).
+const DRAIN_DURING_HANDSHAKE: u64 = 16 * 1024 * 1024;
+
 /// Answers 401 with the auth module's challenges. The connection stays open (the NTLM
-/// AUTHENTICATE must come on it) unless an unread body makes its framing unknowable.
+/// AUTHENTICATE must come on it) unless an unread body makes its framing unknowable or is
+/// larger than the drain allowance.
 async fn refuse_401(
     c: &mut Client,
     ctx: &WorkerCtx,
@@ -609,44 +615,59 @@ async fn refuse_401(
     p: &Progress,
 ) -> Result<(Next, usize, Vec<u8>), Failed> {
     let t = &ctx.shared.cfg.timeouts;
-    let avail = &c.buf[head.head_len..];
-    // What of the body is here, and what is still to come.
-    let (mut consumed, rest) = match meta.framing {
-        BodyFraming::Length(n) => {
-            let here = n.min(avail.len() as u64);
-            (head.head_len + here as usize, Some(n - here))
-        }
-        BodyFraming::Chunked => (head.head_len, None),
-        _ => (head.head_len, Some(0)),
+    let handshaking = matches!(
+        c.auth,
+        ConnAuth::NtlmChallenged(_) | ConnAuth::SpnegoNtlmSelected(_)
+    );
+    let allowance = if handshaking {
+        DRAIN_DURING_HANDSHAKE
+    } else {
+        DRAIN_AFTER_401
     };
     let mut keep_alive = meta.keep_alive && !ctx.is_draining();
-    let mut drain = 0;
-    match rest {
-        Some(0) => {}
+    // What of the body is here, and what is still to come.
+    let mut body = match meta.framing {
+        BodyFraming::Length(n) => Some(ReqBody::Length(n)),
+        BodyFraming::Chunked => Some(ReqBody::Chunked(ChunkedDecoder::new())),
+        _ => None,
+    };
+    let mut consumed = head.head_len;
+    if let Some(b) = body.as_mut() {
+        match b.frame(&c.buf[head.head_len..]) {
+            Ok(k) => consumed += k,
+            Err(_) => {
+                keep_alive = false;
+                consumed = c.buf.len();
+                body = None;
+            }
+        }
+    }
+    let mut drain = None;
+    match body {
+        Some(b) if b.is_done() => {}
+        None => {}
         // `Expect: 100-continue` and no 100 sent: the client should not send the body; if it
         // does anyway, `read_head` recognises and drops it.
-        Some(n) if meta.expect_continue => c.refused_body = Some(n),
-        Some(n) if n <= DRAIN_AFTER_401 => drain = n,
-        _ => keep_alive = false,
-    }
-    if matches!(meta.framing, BodyFraming::Chunked) {
-        keep_alive = false;
-        consumed = c.buf.len();
+        Some(ReqBody::Length(n)) if meta.expect_continue => c.refused_body = Some(n),
+        // A chunked body that may or may not come cannot be skipped by its length.
+        Some(ReqBody::Chunked(_)) if meta.expect_continue => keep_alive = false,
+        Some(ReqBody::Length(n)) if n > allowance => keep_alive = false,
+        Some(b) if keep_alive => drain = Some(b),
+        Some(_) => {}
     }
     let mut headers: Vec<(&str, &[u8])> = www_authenticate
         .iter()
         .map(|v| ("WWW-Authenticate", &v[..]))
         .collect();
     headers.push(("Content-Type", b"text/plain; charset=utf-8"));
+    // A response to HEAD has no body, whatever its framing says.
+    let text: &[u8] = if head.method(&c.buf) == b"HEAD" {
+        b""
+    } else {
+        b"401 Unauthorized\n"
+    };
     let mut out = Vec::with_capacity(256);
-    http1::encode_simple_response(
-        401,
-        "Unauthorized",
-        &headers,
-        b"401 Unauthorized\n",
-        keep_alive,
-        &mut out,
-    );
+    http1::encode_simple_response(401, "Unauthorized", &headers, text, keep_alive, &mut out);
     p.status.set(401);
     p.response_started.set(true);
     let n = out.len();
@@ -658,8 +679,8 @@ async fn refuse_401(
     }
     p.bytes_out.set(n as u64);
     let mut leftover = Vec::new();
-    if drain > 0 {
-        let mut body = ReqBody::Length(drain);
+    if let Some(mut body) = drain {
+        let mut drained = (consumed - head.head_len) as u64;
         let mut buf = bufpool::take();
         while !body.is_done() {
             buf.clear();
@@ -667,8 +688,15 @@ async fn refuse_401(
                 Ok((0, _)) | Err(_) => return Ok((Next::Close, consumed, Vec::new())),
                 Ok((_, b)) => {
                     buf = b;
-                    let k = body.frame(&buf).unwrap_or(buf.len());
+                    let Ok(k) = body.frame(&buf) else {
+                        return Ok((Next::Close, consumed, Vec::new()));
+                    };
+                    drained += k as u64;
                     p.bytes_in.set(p.bytes_in.get() + k as u64);
+                    // A chunked body announces no length: it is bounded here.
+                    if drained > allowance {
+                        return Ok((Next::Close, consumed, Vec::new()));
+                    }
                     leftover.extend_from_slice(&buf[k..]);
                 }
             }

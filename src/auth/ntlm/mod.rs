@@ -43,6 +43,7 @@
 //! - [`verify`]: the acceptor, challenge state, backend trait, policy and the shared checks.
 //! - [`hashfile`]: the local NT-hash store and the backend that checks against it.
 //! - [`spnego`]: NTLM inside `Negotiate` (raw or SPNEGO-wrapped), a minimal DER codec.
+//! - [`winbind`]: the back end that asks the domain controller (`ntlm_auth` → winbindd).
 //! - [`client`]: an NTLMv2 initiator for tests, benches and load tools (not used to serve).
 
 pub mod client;
@@ -52,6 +53,7 @@ pub mod message;
 pub mod reader;
 pub mod spnego;
 pub mod verify;
+pub mod winbind;
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
