@@ -23,9 +23,13 @@
 //! ## Modules
 //!
 //! - [`pool`]: the bounded blocking pool.
+//! - [`cred`]: credentials from an explicit store (`gss_acquire_cred_from`: keytab, client
+//!   keytab, ccache, rcache) and readable GSS status codes; the Kerberos code's only FFI.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod cred;
 pub mod pool;
 
+pub use cred::{CredStore, GssStatus};
 pub use pool::{BlockingPool, PoolError, PoolStats};
