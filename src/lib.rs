@@ -40,6 +40,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod http1;
+pub mod kcd;
 pub mod net;
 pub mod proxy;
 pub mod runtime;

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod identity;
+pub mod kerberos;
 pub mod machine;
 pub mod ntlm;
 

@@ -1,0 +1,35 @@
+//! Kerberos on the KDC side of the proxy: the bounded blocking pool every GSS-API call runs
+//! in, and the credential plumbing shared by the inbound acceptor (`auth::kerberos`) and
+//! constrained delegation (S4U2Self/S4U2Proxy, the per-user ticket cache).
+//!
+//! ## Why a pool
+//!
+//! MIT's GSS-API and krb5 libraries are synchronous. Accepting an AP-REQ reads the keytab and
+//! writes the replay cache file; S4U2Self/S4U2Proxy and TGT refreshes talk to the KDC, and
+//! against a KDC that drops packets one call blocked 18–36 s (MIT 1.20 ignores
+//! `kdc_timeout`). A tokio-uring core thread that made such a call would stall every
+//! connection it owns. So all of them go through [`pool::BlockingPool`]: a few named threads,
+//! a bounded queue, a deadline per call that the core enforces, and `QueueFull` instead of
+//! waiting when the KDC side is saturated. One pool serves all cores (`Arc<BlockingPool>`).
+//!
+//! ## Shared state, named
+//!
+//! - The **replay cache** is MIT's file cache (`$KRB5RCACHEDIR/krb5_<euid>.rcache2`, or the
+//!   acceptor's `rcache` store entry), locked per access by the library: one cache for all
+//!   cores, threads and processes of the proxy's user.
+//! - GSS **credentials** (`libgssapi::credential::Cred`) are reference-counted handles that MIT
+//!   locks internally; one acceptor credential is shared by all pool threads.
+//!
+//! ## Modules
+//!
+//! - [`pool`]: the bounded blocking pool.
+//! - [`cred`]: credentials from an explicit store (`gss_acquire_cred_from`: keytab, client
+//!   keytab, ccache, rcache) and readable GSS status codes; the Kerberos code's only FFI.
+
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+pub mod cred;
+pub mod pool;
+
+pub use cred::{CredStore, GssStatus};
+pub use pool::{BlockingPool, PoolError, PoolStats};
