@@ -7,7 +7,7 @@ PKGS=(
   # build: libgssapi-sys needs libclang + krb5 headers
   pkg-config clang libclang-dev libkrb5-dev
   # tests and perf: real backends, proxies to compare with, clients
-  curl nginx-light haproxy openssl python3 procps iproute2
+  curl nginx-light haproxy openssl python3 python3-venv procps iproute2
 )
 # Extra groups are requested by the scripts that need them (lab, perf) with "$0 NAME...".
 [ "$#" -gt 0 ] && PKGS+=("$@")

@@ -29,6 +29,7 @@
 //! - [`net`]: listeners, the owned-buffer I/O trait over tokio-uring, the buffer pool.
 //! - [`tls`]: rustls server (clients) and client (backends) over the I/O trait.
 //! - [`http1`]: zero-copy head parsing, body framing, head encoding.
+//! - [`kcd`]: the bounded pool for blocking GSS-API/KDC calls, Kerberos credentials.
 //! - [`upstream`]: backend connections and the per-core pool.
 //! - [`proxy`]: the phase sequence above, body streaming, error responses.
 //! - [`auth`]: client pre-authentication: the per-connection state machine, NTLM, Negotiate,

@@ -267,7 +267,12 @@ async fn answer_error(
     };
     if !p.response_started.get() {
         let mut out = Vec::new();
-        if let Some(status) = respond::error_response(e, can_keep, &mut out) {
+        if let Some(status) = respond::error_response(
+            e,
+            can_keep,
+            head.is_some_and(|h| h.method(&c.buf) == b"HEAD"),
+            &mut out,
+        ) {
             p.status.set(status);
             let n = out.len();
             let deadline = Instant::now() + ctx.shared.cfg.timeouts.client_idle;
@@ -452,9 +457,16 @@ async fn exchange(
     let mut continue_sent = false;
     loop {
         // ---- backend connection ----
-        let (mut bconn, reused) = backend_conn(c, ctx, &backend, attempt > 0, body.is_none())
-            .await
-            .map_err(|e| (e, bodyless))?;
+        let (mut bconn, reused) = backend_conn(
+            c,
+            ctx,
+            &backend,
+            attempt > 0,
+            body.is_none(),
+            identity.as_ref(),
+        )
+        .await
+        .map_err(|e| (e, bodyless))?;
         rl.reused = reused;
 
         // ---- head (and the body bytes that came with it) ----
@@ -522,6 +534,7 @@ async fn exchange(
                         bconn,
                         done.backend_reusable,
                         conn_auth || done.conn_auth_challenge,
+                        identity.as_ref(),
                     );
                     let next = if done.client_keep_alive {
                         Next::KeepAlive
@@ -578,7 +591,14 @@ async fn exchange(
             }
             Outcome::Both(done, reqd) => {
                 let clean = done.backend_reusable && reqd.backend_stopped.is_none();
-                finish_backend(c, ctx, bconn, clean, conn_auth || done.conn_auth_challenge);
+                finish_backend(
+                    c,
+                    ctx,
+                    bconn,
+                    clean,
+                    conn_auth || done.conn_auth_challenge,
+                    identity.as_ref(),
+                );
                 let next = if done.client_keep_alive && reqd.backend_stopped.is_none() {
                     Next::KeepAlive
                 } else {
@@ -720,9 +740,13 @@ async fn backend_conn(
     backend: &Rc<Backend>,
     fresh: bool,
     retryable: bool,
+    identity: Option<&Identity>,
 ) -> Result<(BackendConn, bool), Error> {
     if let Some(pb) = c.private_backend.take() {
-        if !fresh && *pb.key.backend == **backend && !pb.stream.tcp().peer_closed() {
+        // Only for the same backend and the same user: a client that re-authenticated as
+        // someone else never inherits the previous user's backend connection.
+        let same_user = pb.key.identity.as_deref() == identity.map(Identity::principal);
+        if !fresh && same_user && *pb.key.backend == **backend && !pb.stream.tcp().peer_closed() {
             return Ok((pb, true));
         }
         pb.stream.shutdown();
@@ -745,6 +769,7 @@ async fn backend_conn(
     .await?;
     Ok((
         BackendConn {
+            private: false,
             stream,
             key,
             requests: 0,
@@ -757,13 +782,18 @@ async fn backend_conn(
 fn finish_backend(
     c: &mut Client,
     ctx: &WorkerCtx,
-    bconn: BackendConn,
+    mut bconn: BackendConn,
     reusable: bool,
     private: bool,
+    identity: Option<&Identity>,
 ) {
+    if private && !bconn.private {
+        bconn.private = true;
+        bconn.key.identity = identity.map(|i| Rc::from(i.principal()));
+    }
     if !reusable || ctx.is_draining() {
         bconn.stream.shutdown();
-    } else if private || c.private_backend.is_some() {
+    } else if bconn.private {
         if let Some(old) = c.private_backend.replace(bconn) {
             old.stream.shutdown();
         }

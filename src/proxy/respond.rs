@@ -31,7 +31,13 @@ pub fn status_for(kind: ErrorKind) -> Option<(u16, &'static str)> {
 
 /// Encodes the response for `err` into `out`. Returns the status, or `None` if nothing should
 /// be sent. `keep_alive` is honoured only for errors that leave the framing intact.
-pub fn error_response(err: &Error, keep_alive: bool, out: &mut Vec<u8>) -> Option<u16> {
+/// `head_request`: the answer to a HEAD has no body (it would desynchronise keep-alive).
+pub fn error_response(
+    err: &Error,
+    keep_alive: bool,
+    head_request: bool,
+    out: &mut Vec<u8>,
+) -> Option<u16> {
     let (status, phrase) = status_for(err.kind)?;
     let keep_alive = keep_alive && keeps_connection(err.kind);
     let body = format!("{status} {phrase}\n");
@@ -39,7 +45,8 @@ pub fn error_response(err: &Error, keep_alive: bool, out: &mut Vec<u8>) -> Optio
     if matches!(err.kind, ErrorKind::KdcUnavailable | ErrorKind::Overloaded) {
         headers.push(("Retry-After", b"5"));
     }
-    http1::encode_simple_response(status, phrase, &headers, body.as_bytes(), keep_alive, out);
+    let body: &[u8] = if head_request { b"" } else { body.as_bytes() };
+    http1::encode_simple_response(status, phrase, &headers, body, keep_alive, out);
     Some(status)
 }
 
@@ -80,6 +87,7 @@ mod tests {
         error_response(
             &Error::new(ErrorKind::KdcUnavailable, "kdc1.internal down"),
             true,
+            false,
             &mut out,
         );
         let s = String::from_utf8(out).unwrap();

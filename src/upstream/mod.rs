@@ -37,6 +37,9 @@ pub struct BackendConn {
     pub key: PoolKey,
     /// Requests already sent on this connection.
     pub requests: u32,
+    /// The connection carried connection-bound authentication (NTLM/Negotiate) for one client.
+    /// INVARIANT: once set it stays set, and the connection never enters the shared pool.
+    pub private: bool,
 }
 
 struct Idle {
@@ -84,6 +87,11 @@ impl Pool {
 
     /// Stores a connection that finished a request cleanly.
     pub fn put(&mut self, conn: BackendConn) {
+        if conn.private {
+            // Defence in depth: the proxy never offers a private connection here.
+            conn.stream.shutdown();
+            return;
+        }
         if self.max_per_key == 0 {
             conn.stream.shutdown();
             return;
