@@ -55,12 +55,10 @@ impl ReqBody {
                 *rem -= take;
                 Ok(take as usize)
             }
-            ReqBody::Chunked(d) => d.feed(input, |_| {}).map(|(n, _)| n).map_err(|e| {
-                Error::new(
-                    ErrorKind::BadRequest,
-                    format!("request chunked body: {}", e.as_str()),
-                )
-            }),
+            ReqBody::Chunked(d) => d
+                .feed(input, |_| {})
+                .map(|(n, _)| n)
+                .map_err(|e| e.into_error(Side::Downstream)),
         }
     }
 }
@@ -180,6 +178,11 @@ impl RelayErr {
     }
 }
 
+/// A malformed chunked body from the backend (http1 maps it to a 502 protocol error).
+fn chunk_failed(e: http1::ChunkError) -> RelayErr {
+    RelayErr::Failed(e.into_error(Side::Upstream))
+}
+
 fn backend_err(kind: ErrorKind, ctx: &'static str) -> RelayErr {
     RelayErr::Failed(Error::new(kind, ctx))
 }
@@ -203,12 +206,7 @@ impl RespBody {
                 *rem -= take;
                 Ok((take as usize, *rem == 0))
             }
-            RespBody::Chunked(d) => d.feed(input, |_| {}).map_err(|e| {
-                RelayErr::Failed(Error::new(
-                    ErrorKind::BackendProtocol,
-                    format!("response chunked body: {}", e.as_str()),
-                ))
-            }),
+            RespBody::Chunked(d) => d.feed(input, |_| {}).map_err(chunk_failed),
             RespBody::Close => Ok((input.len(), false)),
         }
     }
@@ -217,15 +215,9 @@ impl RespBody {
     /// removed), for clients that cannot read chunked.
     fn frame_data(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(usize, bool), RelayErr> {
         match self {
-            RespBody::Chunked(d) => {
-                d.feed(input, |data| out.extend_from_slice(data))
-                    .map_err(|e| {
-                        RelayErr::Failed(Error::new(
-                            ErrorKind::BackendProtocol,
-                            format!("response chunked body: {}", e.as_str()),
-                        ))
-                    })
-            }
+            RespBody::Chunked(d) => d
+                .feed(input, |data| out.extend_from_slice(data))
+                .map_err(chunk_failed),
             _ => {
                 let (n, done) = self.frame(input)?;
                 out.extend_from_slice(&input[..n]);
