@@ -224,12 +224,15 @@ impl BlockingPool {
     {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move || {
-            // Dropped when the job ends, normally or by unwinding: frees the slot.
-            let _permit = permit;
+            // The slot is freed when the job ends: explicitly below, or by unwinding.
             if tx.is_closed() {
+                drop(permit);
                 return; // the caller gave up before we started: don't call the KDC for nobody
             }
             let value = f();
+            // Free the slot *before* the caller can see the result, so that a caller that
+            // got its answer never observes its own job as still admitted.
+            drop(permit);
             // The caller may have timed out meanwhile; then the result is discarded.
             let _ = tx.send(value);
         });
