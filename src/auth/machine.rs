@@ -131,6 +131,16 @@ impl AuthCtx {
                 headers: Vec::new(),
             };
         }
+        // A route that offers only Basic, reached over plain HTTP: there is no scheme to
+        // offer, and a 401 without WWW-Authenticate is not HTTP (RFC 9110 §15.5.2). 403, and
+        // the log says why.
+        if offers.iter().all(|o| *o == Offer::Basic) && !(tls || self.basic_over_http) {
+            return Verdict::Fail(Error::new(
+                ErrorKind::Forbidden,
+                "basic_needs_tls: the route offers only Basic, which is refused over plain \
+                 HTTP (--basic-over-http allows it)",
+            ));
+        }
         let retry = |why: &'static str| {
             challenge(
                 self.initial_challenges(offers, tls),

@@ -118,6 +118,13 @@ pub fn prepare(cfg: Config) -> Result<Shared, Vec<String>> {
         },
         None => None,
     };
+    if cfg.routes.routes().iter().any(|r| r.options.spn.is_some()) {
+        // Refused rather than ignored: a route that says spn= and forwarded requests without a
+        // ticket would look configured and fail at the backend.
+        errs.push(
+            "route option spn= (constrained delegation) is not available in this build yet".into(),
+        );
+    }
     if !errs.is_empty() {
         return Err(errs);
     }

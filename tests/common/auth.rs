@@ -97,6 +97,12 @@ impl Proxy {
     /// the traffic: the listening sockets are checked to be the proxy's own, else it starts again
     /// on other ports.
     pub fn start(lab: &Lab, args: &[String]) -> Proxy {
+        Self::start_with_env(lab, args, &[])
+    }
+
+    /// [`start`](Self::start) with extra environment variables for the proxy (after the lab's,
+    /// so they may override `KRB5_CONFIG`).
+    pub fn start_with_env(lab: &Lab, args: &[String], env: &[(&str, &Path)]) -> Proxy {
         let dir = std::env::temp_dir().join(nonce("kcd-auth-tests"));
         std::fs::create_dir_all(&dir).expect("create the test directory");
         let mut last = String::new();
@@ -113,9 +119,15 @@ impl Proxy {
                 .arg(&lab.pki.proxy_key)
                 .arg("--access-log")
                 .arg(&access_log)
-                .args(["--workers", "2", "--no-pin", "--drain-timeout", "1s"])
+                .args(["--no-pin", "--drain-timeout", "1s"])
+                .args(if args.iter().any(|a| a == "--workers") {
+                    &[][..]
+                } else {
+                    &["--workers", "2"][..]
+                })
                 .args(args)
                 .envs(lab.krb5_env())
+                .envs(env.iter().copied())
                 .stdin(Stdio::null())
                 .stdout(File::create(dir.join(format!("proxy-{http}.out"))).expect("log file"))
                 .stderr(File::create(&log).expect("log file"));
