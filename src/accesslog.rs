@@ -70,6 +70,18 @@ pub struct Entry<'a> {
     pub user: Option<&'a str>,
     /// The Kerberos principal it maps to (`alice@EXAMPLE.TEST`).
     pub principal: Option<&'a str>,
+    /// Delegating routes: the backend SPN, where the ticket came from (`hit`, `miss`,
+    /// `joined`, or `none` when the backend connection was already authenticated), and the
+    /// time spent waiting on the KDC side for it.
+    pub delegation: Option<Delegation<'a>>,
+}
+
+/// The delegation part of an access-log entry (PROTOCOLS.md 26).
+#[derive(Clone, Copy, Debug)]
+pub struct Delegation<'a> {
+    pub spn: &'a str,
+    pub ticket: &'static str,
+    pub kdc: Option<Duration>,
 }
 
 /// A worker's access log.
@@ -160,6 +172,17 @@ fn format_text(out: &mut Vec<u8>, e: &Entry<'_>) {
     text_value(&mut s, e.user.unwrap_or("").as_bytes());
     s.push_str(" principal=");
     text_value(&mut s, e.principal.unwrap_or("").as_bytes());
+    if let Some(d) = &e.delegation {
+        s.push_str(" spn=");
+        text_value(&mut s, d.spn.as_bytes());
+        let _ = write!(s, " ticket={} kdc_ms=", d.ticket);
+        match d.kdc {
+            Some(t) => {
+                let _ = write!(s, "{:.3}", t.as_secs_f64() * 1000.0);
+            }
+            None => s.push('-'),
+        }
+    }
     if let Some(d) = e.detail {
         s.push_str(" detail=");
         text_value(&mut s, d.as_bytes());
@@ -234,6 +257,17 @@ fn format_json(out: &mut Vec<u8>, e: &Entry<'_>) {
     opt_json(&mut s, e.user);
     s.push_str(",\"principal\":");
     opt_json(&mut s, e.principal);
+    if let Some(d) = &e.delegation {
+        s.push_str(",\"spn\":");
+        json_str(&mut s, d.spn.as_bytes());
+        let _ = write!(s, ",\"ticket\":\"{}\",\"kdc_ms\":", d.ticket);
+        match d.kdc {
+            Some(t) => {
+                let _ = write!(s, "{:.3}", t.as_secs_f64() * 1000.0);
+            }
+            None => s.push_str("null"),
+        }
+    }
     s.push_str("}\n");
     out.extend_from_slice(s.as_bytes());
 }

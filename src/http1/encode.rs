@@ -182,6 +182,10 @@ pub struct ResponseInfo {
     pub framing: BodyFraming,
     pub keep_alive: bool,
     pub client_version: Version,
+    /// Lower-case names of backend headers not to pass on (a delegating proxy drops the
+    /// backend's `WWW-Authenticate`/`Persistent-Auth`: they belong to the proxy's own
+    /// Kerberos context with the backend, not to the client's).
+    pub drop_headers: &'static [&'static str],
 }
 
 /// Writes the response head for the client into `out` (appending).
@@ -212,6 +216,7 @@ pub fn encode_response_head(
         if one_of(name, HOP_BY_HOP)
             || name.eq_ignore_ascii_case(b"content-length")
             || (has_connection && nominated(buf, &head.headers, name))
+            || one_of(name, info.drop_headers)
         {
             continue;
         }
@@ -585,6 +590,7 @@ mod tests {
             framing,
             keep_alive,
             client_version,
+            drop_headers: &[],
         }
     }
 

@@ -205,6 +205,7 @@ mod tests {
                         framing: meta.framing,
                         keep_alive: meta.keep_alive,
                         client_version: Version::Http10,
+                        drop_headers: &[],
                     };
                     out.clear();
                     encode_response_head(input, &resp, &info, &mut out);

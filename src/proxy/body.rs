@@ -154,6 +154,27 @@ pub struct RespReq<'a> {
     pub reused: bool,
     /// Headers the proxy adds to the response (the final Negotiate token, Persistent-Auth).
     pub extra_headers: &'a [(&'static str, Vec<u8>)],
+    /// Backend headers not passed on (see [`http1::ResponseInfo::drop_headers`]).
+    pub drop_headers: &'static [&'static str],
+    /// Sees the response head before the client does (constrained delegation).
+    pub gate: Option<&'a dyn HeadGate>,
+}
+
+/// A look at the backend's response head before any of it reaches the client. With
+/// constrained delegation the backend's 401 and its mutual-authentication token answer the
+/// proxy's ticket, not anything the client did: they are handled on the backend leg and the
+/// client never sees them (PROTOCOLS.md 15).
+pub trait HeadGate {
+    /// `negotiate`: the value of the backend's `WWW-Authenticate: Negotiate [<b64>]`.
+    fn check(&self, status: u16, negotiate: Option<&[u8]>) -> Result<(), GateStop>;
+}
+
+/// Why the gate stopped a response.
+pub enum GateStop {
+    /// A 401: the backend did not take (or was not given) the delegated ticket.
+    Unauthorized,
+    /// Anything else wrong with the head (mutual authentication failed): answer this error.
+    Fail(Error),
 }
 
 pub struct RespDone {
@@ -167,6 +188,8 @@ pub struct RespDone {
 pub enum RelayErr {
     /// A reused connection closed without a byte of response: safe to retry elsewhere.
     EmptyReply(Error),
+    /// The gate stopped a 401; nothing was sent to the client.
+    BackendUnauthorized,
     Failed(Error),
 }
 
@@ -174,6 +197,10 @@ impl RelayErr {
     pub fn into_error(self) -> Error {
         match self {
             RelayErr::EmptyReply(e) | RelayErr::Failed(e) => e,
+            RelayErr::BackendUnauthorized => Error::new(
+                ErrorKind::BackendProtocol,
+                "backend_refused_delegation: the backend answered 401 to the delegated ticket",
+            ),
         }
     }
 }
@@ -323,6 +350,16 @@ pub async fn relay_response(
         && head
             .headers_named(&rbuf, "www-authenticate")
             .any(is_conn_auth_scheme);
+    if let Some(gate) = req.gate {
+        let negotiate = head
+            .headers_named(&rbuf, "www-authenticate")
+            .find(|v| is_negotiate(v));
+        match gate.check(head.status, negotiate) {
+            Ok(()) => {}
+            Err(GateStop::Unauthorized) => return Err(RelayErr::BackendUnauthorized),
+            Err(GateStop::Fail(e)) => return Err(RelayErr::Failed(e)),
+        }
+    }
     p.status.set(head.status);
 
     let mut out = bufpool::take();
@@ -333,6 +370,7 @@ pub async fn relay_response(
             framing: client_framing,
             keep_alive: client_keep_alive,
             client_version: req.client_version,
+            drop_headers: req.drop_headers,
         },
         &mut out,
     );
@@ -482,4 +520,11 @@ async fn write_client(client: &Stream, buf: Vec<u8>, ctx: &WorkerCtx) -> Result<
 pub fn is_conn_auth_scheme(v: &[u8]) -> bool {
     let scheme = v.split(|&b| b == b' ').next().unwrap_or(b"");
     scheme.eq_ignore_ascii_case(b"NTLM") || scheme.eq_ignore_ascii_case(b"Negotiate")
+}
+
+/// Whether a `WWW-Authenticate` value is a `Negotiate` one (with or without a token).
+fn is_negotiate(value: &[u8]) -> bool {
+    let v = value.trim_ascii();
+    let scheme = v.split(|&b| b == b' ').next().unwrap_or_default();
+    scheme.eq_ignore_ascii_case(b"Negotiate")
 }

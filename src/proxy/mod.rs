@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use self::body::{Progress, RelayErr, ReqBody, RespReq};
 use self::ctx::WorkerCtx;
 use self::io_util::{read_by, write_by, ReadErr};
-use crate::accesslog::Entry;
+use crate::accesslog::{Delegation, Entry};
 use crate::auth::{ConnAuth, Identity, Verdict};
 use crate::config::Backend;
 use crate::error::{Error, ErrorKind, Side};
@@ -213,6 +213,8 @@ struct ReqLog {
     identity: Option<Identity>,
     /// Why the proxy answered 401 (the challenge itself is not a failure of the request).
     auth_note: Option<Error>,
+    /// Delegating routes: the route (its SPN), where the ticket came from, KDC wait.
+    delegation: Option<(usize, &'static str, Option<std::time::Duration>)>,
 }
 
 async fn handle_request(
@@ -344,6 +346,10 @@ fn log_request(
         auth_scheme: id.map(|i| i.scheme().as_str()),
         user: id.map(Identity::user),
         principal: id.map(Identity::principal),
+        delegation: rl.delegation.and_then(|(route, ticket, kdc)| {
+            let spn = ctx.shared.cfg.routes.get(route).options.spn.as_deref()?;
+            Some(Delegation { spn, ticket, kdc })
+        }),
     });
 }
 
@@ -521,6 +527,8 @@ async fn exchange(
             keep_alive: meta.keep_alive,
             reused,
             extra_headers: &resp_headers,
+            drop_headers: &[],
+            gate: None,
         };
 
         // ---- bodies ----
@@ -755,6 +763,7 @@ async fn backend_conn(
     let key = PoolKey {
         backend: backend.clone(),
         identity: None,
+        spn: None,
     };
     if !fresh {
         if let Some(bc) = ctx.pool.borrow_mut().take(&key, retryable) {
@@ -771,6 +780,7 @@ async fn backend_conn(
     Ok((
         BackendConn {
             private: false,
+            kerberos: false,
             stream,
             key,
             requests: 0,

@@ -29,6 +29,8 @@ pub struct PoolKey {
     pub backend: Rc<Backend>,
     /// The user the connection is authenticated as (delegation); `None` = anonymous.
     pub identity: Option<Rc<str>>,
+    /// The backend's SPN the user's ticket was for (delegation); `None` = anonymous.
+    pub spn: Option<Rc<str>>,
 }
 
 /// A connection to a backend.
@@ -40,6 +42,10 @@ pub struct BackendConn {
     /// The connection carried connection-bound authentication (NTLM/Negotiate) for one client.
     /// INVARIANT: once set it stays set, and the connection never enters the shared pool.
     pub private: bool,
+    /// The backend accepted the user's delegated ticket on this connection (its key names
+    /// the user and SPN): later requests need no new AP-REQ while the backend keeps the
+    /// authentication bound to the connection, as IIS and mod_auth_gssapi do.
+    pub kerberos: bool,
 }
 
 struct Idle {
