@@ -42,6 +42,7 @@ pub mod config;
 pub mod error;
 pub mod http1;
 pub mod kcd;
+pub mod metrics;
 pub mod net;
 pub mod proxy;
 pub mod runtime;

@@ -409,6 +409,11 @@ fn a_silent_kdc_gives_503_with_retry_after_and_the_core_keeps_serving() {
     let dir = std::env::temp_dir().join(nonce("kcd-krb-down"));
     std::fs::create_dir_all(&dir).unwrap();
     let conf = write_krb5_conf(&dir, kdc.port);
+    let metrics_port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let b = &lab.backend.http_url;
     let args: Vec<String> = vec![
         "--route".into(),
@@ -433,6 +438,8 @@ fn a_silent_kdc_gives_503_with_retry_after_and_the_core_keeps_serving() {
         // One worker: the anonymous request below is served by the same core.
         "--workers".into(),
         "1".into(),
+        "--metrics-listen".into(),
+        format!("127.0.0.1:{metrics_port}"),
     ];
     let p = Proxy::start_with_env(lab, &args, &[("KRB5_CONFIG", &conf)]);
     let basic = auth_header("Basic", format!("alice:{}", lab.alice.password).as_bytes());
@@ -495,5 +502,16 @@ fn a_silent_kdc_gives_503_with_retry_after_and_the_core_keeps_serving() {
     );
     let second = p.access_lines("/public/echo/basic/second", 1).join("\n");
     assert!(second.contains("pool_queue_full"), "{second}");
+    // Operators see it in the metrics too.
+    let url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let metrics = curl(&[&url]).stdout;
+    assert!(
+        metrics.contains("kcdproxy_kdc_unavailable_total 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("kcdproxy_responses_total{class=\"5xx\"} 2"),
+        "{metrics}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

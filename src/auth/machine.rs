@@ -590,7 +590,16 @@ impl AuthCtx {
         domain: &str,
         password: &str,
     ) -> Result<String, OffCore<Error>> {
-        let refused = |e: NtlmError| OffCore::Refused(ntlm_error(e));
+        let refused = |e: NtlmError| {
+            // Say "basic" in the log: the user typed a password, no NTLM client was involved.
+            let why = match e {
+                NtlmError::WrongPassword => "basic_wrong_password",
+                NtlmError::UnknownUser => "basic_unknown_user",
+                NtlmError::AccountDisabled => "basic_account_disabled",
+                _ => return OffCore::Refused(ntlm_error(e)),
+            };
+            OffCore::Refused(Error::new(e.error_kind(), why))
+        };
         let Some(acceptor) = &self.ntlm else {
             return Err(refused(NtlmError::BackendUnavailable("no NTLM acceptor")));
         };

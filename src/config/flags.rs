@@ -245,6 +245,11 @@ pub struct Flags {
     )]
     pub kdc_negative_ttl: String,
 
+    /// Serve counters in the Prometheus text format at http://ADDR/metrics (plain HTTP, no
+    /// authentication: bind it to a management address).
+    #[arg(long = "metrics-listen", value_name = "IP:PORT")]
+    pub metrics_listen: Option<String>,
+
     /// Access log destination: a file path, `stdout`, `stderr`, or `off`.
     #[arg(long = "access-log", value_name = "DEST", default_value = "stdout")]
     pub access_log: String,

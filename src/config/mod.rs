@@ -134,6 +134,7 @@ pub struct Config {
     pub access_log_format: AccessLogFormat,
     pub log_level: String,
     pub auth: AuthConfig,
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -287,6 +288,16 @@ impl Config {
         }
 
         let auth = auth_config(f, &routes, &mut errs);
+        let metrics_listen = match &f.metrics_listen {
+            Some(a) => match a.parse::<SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    errs.push(format!("--metrics-listen `{a}`: expected IP:PORT"));
+                    None
+                }
+            },
+            None => None,
+        };
 
         if !errs.is_empty() {
             return Err(errs);
@@ -307,6 +318,7 @@ impl Config {
             access_log_format,
             log_level: f.log_level.clone(),
             auth,
+            metrics_listen,
         })
     }
 }

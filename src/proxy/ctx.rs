@@ -14,6 +14,7 @@ use crate::auth::{AuthCtx, AuthServices, IdentityMap};
 use crate::config::{Backend, Config};
 use crate::http1::Limits;
 use crate::kcd::BlockingPool;
+use crate::metrics::WorkerMetrics;
 use crate::upstream::Pool;
 
 /// Immutable configuration shared by all workers, built once at start-up.
@@ -28,6 +29,8 @@ pub struct Shared {
     /// Where every call that may block runs (KDC, GSS-API, winbind); `None` when nothing
     /// configured needs one.
     pub kdc_pool: Option<Arc<BlockingPool>>,
+    /// One per worker, by worker id; read by the metrics endpoint.
+    pub worker_metrics: Vec<Arc<WorkerMetrics>>,
 }
 
 impl Shared {
@@ -82,6 +85,7 @@ pub struct WorkerCtx {
     rr: Vec<Cell<usize>>,
     pub pool: RefCell<Pool>,
     pub log: AccessLog,
+    pub metrics: Arc<WorkerMetrics>,
     pub auth: AuthCtx,
     /// The connection slab. INVARIANT: holds exactly the connections this worker is serving.
     pub conns: RefCell<Slab<ConnInfo>>,
@@ -126,6 +130,7 @@ impl WorkerCtx {
             rr,
             pool: RefCell::new(Pool::new(cfg.backend_pool_size, cfg.timeouts.backend_idle)),
             log,
+            metrics: shared.worker_metrics.get(id).cloned().unwrap_or_default(),
             auth: shared.auth_ctx(),
             conns: RefCell::new(Slab::new()),
             max_conns,
@@ -181,12 +186,15 @@ impl WorkerCtx {
         if conns.len() >= self.max_conns {
             return None;
         }
+        self.metrics.conn_opened();
         Some(conns.insert(info))
     }
 
     pub fn conn_closed(&self, key: usize) {
         let mut conns = self.conns.borrow_mut();
-        conns.try_remove(key);
+        if conns.try_remove(key).is_some() {
+            self.metrics.conn_closed();
+        }
         if conns.is_empty() && self.draining.get() {
             self.all_closed.notify_waiters();
         }

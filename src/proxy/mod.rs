@@ -324,6 +324,15 @@ fn log_request(
     rl: &ReqLog,
     err: Option<&Error>,
 ) {
+    let id = rl.identity.as_ref();
+    ctx.metrics.request(
+        p.status.get(),
+        id.map(Identity::scheme),
+        err.or(rl.auth_note.as_ref()),
+    );
+    if let Some((_, ticket, kdc)) = rl.delegation {
+        ctx.metrics.delegation(ticket, kdc);
+    }
     if !ctx.log.enabled() {
         return;
     }

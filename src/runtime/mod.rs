@@ -17,6 +17,7 @@ use crate::auth::ntlm::{NtHashStore, NtlmAcceptor, VerifyPolicy};
 use crate::auth::AuthServices;
 use crate::config::{Config, Scheme};
 use crate::kcd::BlockingPool;
+use crate::metrics::{self, Registry, WorkerMetrics};
 use crate::net::listener::bind_reuseport;
 use crate::proxy::ctx::Shared;
 use crate::tls;
@@ -39,6 +40,19 @@ pub fn run(cfg: Config) -> Result<(), Vec<String>> {
             mine.push((s, l.tls));
         }
         sockets.push(mine);
+    }
+
+    if let Some(addr) = cfg.metrics_listen {
+        let listener =
+            metrics::bind(addr).map_err(|e| vec![format!("--metrics-listen {addr}: {e}")])?;
+        let registry = Registry {
+            workers: shared.worker_metrics.clone(),
+            kdc_pool: shared.kdc_pool.clone(),
+            auth: shared.auth_services.clone(),
+            extra: None,
+        };
+        metrics::serve(listener, Arc::new(registry))
+            .map_err(|e| vec![format!("metrics thread: {e}")])?;
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -128,6 +142,7 @@ pub fn prepare(cfg: Config) -> Result<Shared, Vec<String>> {
     if !errs.is_empty() {
         return Err(errs);
     }
+    let workers = cfg.workers;
     let a = &cfg.auth;
     let kdc_pool = if a.kerberos.is_some() || a.winbind.is_some() {
         match BlockingPool::new(a.kdc.threads, a.kdc.queue) {
@@ -144,6 +159,9 @@ pub fn prepare(cfg: Config) -> Result<Shared, Vec<String>> {
         nt_hashes,
         auth_services: Arc::new(AuthServices::none()),
         kdc_pool,
+        worker_metrics: (0..workers)
+            .map(|_| Arc::new(WorkerMetrics::default()))
+            .collect(),
     };
     let ntlm_config = shared.ntlm_config();
     if let Err(e) = NtlmAcceptor::new(&ntlm_config, VerifyPolicy::default()) {
