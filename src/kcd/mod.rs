@@ -14,6 +14,8 @@
 //!
 //! ## Shared state, named
 //!
+//! - The **delegated-ticket cache** ([`cache`], owned by [`Delegator`]): one `RwLock`ed map
+//!   for all cores; a hit takes the read lock for a lookup, never across an await or a GSS call.
 //! - The **replay cache** is MIT's file cache (`$KRB5RCACHEDIR/krb5_<euid>.rcache2`, or the
 //!   acceptor's `rcache` store entry), locked per access by the library: one cache for all
 //!   cores, threads and processes of the proxy's user.
@@ -23,13 +25,23 @@
 //! ## Modules
 //!
 //! - [`pool`]: the bounded blocking pool.
+//! - [`delegate`]: the delegation engine ([`Delegator`]): S4U2Self/S4U2Proxy on the pool, a
+//!   backend `Negotiate` token per request, mutual authentication of the backend.
+//! - [`cache`] (private): the delegated-ticket cache shared by all cores: single-flight per
+//!   (user, SPN), refresh ahead of expiry, negative cache of refusals, size bound.
 //! - [`cred`]: credentials from an explicit store (`gss_acquire_cred_from`: keytab, client
 //!   keytab, ccache, rcache) and readable GSS status codes; the Kerberos code's only FFI.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+mod cache;
 pub mod cred;
+pub mod delegate;
 pub mod pool;
 
 pub use cred::{CredStore, GssStatus};
+pub use delegate::{
+    BackendToken, CacheOutcome, DelegationConfig, DelegationError, DelegationStats, Delegator,
+    Refusal, Subject, Unknown,
+};
 pub use pool::{BlockingPool, PoolError, PoolStats};

@@ -1,0 +1,1131 @@
+//! The delegation engine: a backend `Authorization: Negotiate` token *as the user*, by
+//! Kerberos Constrained Delegation (PROTOCOLS.md 12, 13, 16).
+//!
+//! ```text
+//!  core thread                                  pool thread (blocking, deadline = kdc_timeout)
+//!  token(subject, spn, cb)
+//!   ├─ cache hit ─► ClientCtx::step on the core   (no KDC: the service ticket is in the
+//!   │              (~0.1 ms, see below)             cached credential's MEMORY ccache)
+//!   ├─ refused   ─► the remembered error (negative cache, no KDC)
+//!   ├─ joined    ─► wait for the exchange in flight for this (user, SPN)
+//!   └─ miss      ─► pool.try_run ──────────────────► [renew the proxy's TGT from the keytab]
+//!                                                    S4U2Self (Cred::impersonate)   Transition
+//!                                                    first ClientCtx::step = S4U2Proxy TGS-REQ
+//!                    ◄── AP-REQ + context ◄────────── store the credential in the cache
+//! ```
+//!
+//! ## What runs where, and why it is safe on a core
+//!
+//! Every GSS call that may reach the KDC runs on the [`BlockingPool`]: acquiring and renewing
+//! the proxy's own credential (`gss_acquire_cred_from` with a client keytab), S4U2Self
+//! (`gss_acquire_cred_impersonate_name`) and the first `gss_init_sec_context` for an SPN
+//! (S4U2Proxy). The proxy's credential — the only one MIT would renew by itself from the
+//! keytab inside a call — is used only there.
+//!
+//! A cache hit calls `gss_init_sec_context` on the core with the cached credential (the
+//! impersonated credential, or the client's evidence credential). MIT finds the service
+//! ticket that the S4U2Proxy exchange stored in that credential's own MEMORY ccache and
+//! builds the AP-REQ locally; the lab test counts KDC log lines to prove it. That credential
+//! has no keytab, so MIT cannot try to renew it. The one way such a call could still go to the
+//! KDC is a service ticket that has expired, so a hit is served only while the expiry recorded
+//! at exchange time is more than a margin away (see [`super::cache`]); after that the request
+//! is a miss and goes to the pool. The call does read the krb5 profile (a `stat` of
+//! krb5.conf, cached by MIT) — file metadata, not network.
+//!
+//! ## Cache semantics
+//!
+//! Keyed by (user principal, SPN) exactly as given. The value is a credential *for that
+//! principal*: an impersonated one (Transition) or the client's evidence (Evidence; its name is
+//! checked against `principal` before the exchange), so no ticket can serve another principal.
+//! Both paths share a key: a Kerberos client and an NTLM client that are the same user may get
+//! the same cached ticket (an S4U2Self-based PAC carries AD's "service asserted identity" SID
+//! instead of "authentication authority asserted identity"; backends that authorise on that
+//! SID need separate keys, which this engine does not do).
+//!
+//! Single-flight, refresh-ahead, negative cache and the bound are in [`super::cache`].
+//!
+//! ## Refusals
+//!
+//! The KDC says `KDC_ERR_BADOPTION` for a sensitive user, an SPN outside the proxy's list, and
+//! protocol transition turned off. MIT marks an impersonated credential usable for S4U2Proxy
+//! only when it sees a forwardable S4U2Self ticket; when it does not, the user cannot be
+//! delegated ([`Refusal::UserNotDelegable`], 403) and no S4U2Proxy is sent. Against both lab
+//! KDCs a sensitive user's S4U2Self credential passes that check anyway, so a refused
+//! S4U2Proxy after S4U2Self is told apart by what this process has seen: an SPN that worked
+//! for another user is allowed, so the user is the problem (403); an SPN never granted is
+//! blamed ([`Refusal::SpnNotAllowed`], 502: configuration between proxy and backend). See
+//! `Inner::refine_refusal` for the case this gets wrong. For Evidence there is no signal at
+//! all: [`Refusal::KdcRefused`] (403).
+//!
+//! ## Channel bindings
+//!
+//! `channel_bindings` is the RFC 5929 `tls-server-end-point` application data (the bytes
+//! `tls-server-end-point:` followed by the hash of the backend's certificate). It goes into the
+//! `gss_channel_bindings_struct`'s application data (addresses empty), which is what Windows'
+//! Extended Protection checks (Kerberos puts its MD5 into the authenticator's checksum).
+//!
+//! ## Mechanism
+//!
+//! The AP-REQ is sent as a raw krb5 GSS token (`Negotiate <base64 krb5 token>`), which IIS,
+//! HTTP.sys and mod_auth_gssapi accept (Java's clients send the same); the backend answers
+//! in kind. [`BackendToken::verify_mutual`] also accepts a SPNEGO NegTokenResp answer.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use libgssapi::context::{ClientCtx, CtxFlags, SecurityContext};
+use libgssapi::credential::{Cred, CredUsage};
+use libgssapi::name::Name;
+use libgssapi::oid::{OidSet, GSS_MECH_KRB5, GSS_NT_KRB5_PRINCIPAL};
+
+use super::cache::{CacheError, Entry, Flight, Key, Lookup, TicketCache};
+use super::cred::{self as kcred, CredStore, GssStatus};
+use super::pool::{BlockingPool, PoolError};
+use crate::auth::kerberos::DelegatedCred;
+use crate::auth::ntlm::spnego::{self, NegState, NegotiateToken};
+use crate::error::ErrorKind;
+
+/// How to delegate. See the field docs for defaults ([`DelegationConfig::new`]).
+#[derive(Clone, Debug)]
+pub struct DelegationConfig {
+    /// The proxy's keytab: keys of [`login`](Self::login) (lab: `KCD_LAB_AD_PROXY_KEYTAB`).
+    pub keytab: PathBuf,
+    /// The principal the proxy logs in as: `svc-proxy@EXAMPLE.TEST` on AD (whose KDC refuses
+    /// an SPN as AS-REQ client), `HTTP/proxy.example.test@MIT.TEST` on MIT. Its realm is the
+    /// realm of SPNs given without one.
+    pub login: String,
+    /// Deadline around every KDC-bound call (MIT 1.20 has none of its own: a KDC that drops
+    /// packets blocks it 18–36 s). Default 5 s.
+    pub kdc_timeout: Duration,
+    /// Renew a cached ticket (and the proxy's TGT) this long before it expires. Default 5 min.
+    pub refresh_ahead: Duration,
+    /// How long a KDC refusal is remembered per (user, SPN). Default 30 s.
+    pub negative_ttl: Duration,
+    /// At most this many (user, SPN) entries. Default 10 000.
+    pub max_entries: usize,
+}
+
+impl DelegationConfig {
+    pub fn new(keytab: impl Into<PathBuf>, login: impl Into<String>) -> Self {
+        DelegationConfig {
+            keytab: keytab.into(),
+            login: login.into(),
+            kdc_timeout: Duration::from_secs(5),
+            refresh_ahead: Duration::from_secs(300),
+            negative_ttl: Duration::from_secs(30),
+            max_entries: 10_000,
+        }
+    }
+}
+
+/// Whose ticket to get.
+#[derive(Clone, Copy, Debug)]
+pub enum Subject<'a> {
+    /// NTLM/Basic clients: protocol transition. S4U2Self for `principal` (`user@REALM`), then
+    /// S4U2Proxy.
+    Transition { principal: &'a str },
+    /// Kerberos clients: S4U2Proxy with the client's own ticket as evidence (no S4U2Self).
+    /// `principal` must be the credential's own name (as `KerberosAccepted::principal`).
+    Evidence {
+        principal: &'a str,
+        cred: &'a DelegatedCred,
+    },
+}
+
+impl Subject<'_> {
+    fn principal(&self) -> &str {
+        match self {
+            Subject::Transition { principal } | Subject::Evidence { principal, .. } => principal,
+        }
+    }
+
+    fn evidence(&self) -> Option<Cred> {
+        match self {
+            Subject::Transition { .. } => None,
+            Subject::Evidence { cred, .. } => Some(cred.gss_cred().clone()),
+        }
+    }
+}
+
+/// Where a token's ticket came from (for the access log, PROTOCOLS.md 26).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheOutcome {
+    /// A cached ticket; no KDC.
+    Hit,
+    /// This request waited for its own KDC exchange.
+    Miss,
+    /// This request waited for another request's exchange for the same (user, SPN).
+    Joined,
+}
+
+impl CacheOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheOutcome::Hit => "hit",
+            CacheOutcome::Miss => "miss",
+            CacheOutcome::Joined => "joined",
+        }
+    }
+}
+
+/// Why the KDC refused, as far as it can be told (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The S4U2Self ticket is not forwardable: a sensitive user (AD `NOT_DELEGATED`, MIT
+    /// `-allow_forwardable`), or protocol transition is off for the proxy.
+    UserNotDelegable,
+    /// S4U2Proxy refused after a forwardable S4U2Self: the SPN is not in the proxy's list.
+    SpnNotAllowed,
+    /// Refused for a reason the KDC does not tell apart (Evidence path, policy, revoked user).
+    KdcRefused,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::UserNotDelegable => "user_not_delegable",
+            Refusal::SpnNotAllowed => "spn_not_allowed",
+            Refusal::KdcRefused => "kdc_refused",
+        }
+    }
+}
+
+/// Which name the KDC did not know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unknown {
+    User,
+    Spn,
+}
+
+/// Why no token was made. Closed; runtime detail (GSS text) only in the `String`s.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DelegationError {
+    /// The KDC side cannot answer now: pool full or timed out, KDC unreachable or silent.
+    /// `reason` is a stable token (`pool_queue_full`, `pool_timeout`, `kdc_unreachable`, …).
+    KdcUnavailable { reason: &'static str },
+    /// The KDC refused to delegate; `detail` is its text, for the log.
+    Refused { reason: Refusal, detail: String },
+    /// The KDC does not know the user or the SPN.
+    UnknownPrincipal(Unknown),
+    /// The backend's answer does not authenticate it (wrong or garbled AP-REP).
+    MutualAuthFailed(String),
+    /// A principal or SPN we cannot hand to the KDC (empty, NUL byte, does not parse), or an
+    /// evidence credential that is not `principal`'s.
+    BadName(&'static str),
+    /// Any other GSS-API failure, with its text.
+    Gss(String),
+}
+
+impl DelegationError {
+    /// A short stable token for logs and metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DelegationError::KdcUnavailable { .. } => "kdc_unavailable",
+            DelegationError::Refused { reason, .. } => reason.as_str(),
+            DelegationError::UnknownPrincipal(Unknown::User) => "unknown_user",
+            DelegationError::UnknownPrincipal(Unknown::Spn) => "unknown_spn",
+            DelegationError::MutualAuthFailed(_) => "mutual_auth_failed",
+            DelegationError::BadName(_) => "bad_name",
+            DelegationError::Gss(_) => "delegation_gss",
+        }
+    }
+
+    /// The HTTP-facing kind: the KDC side down is 503; this user cannot be delegated is 403;
+    /// a backend SPN we may not (or cannot) delegate to and a backend that fails mutual
+    /// authentication are 502 (the gateway's configuration or the backend is at fault).
+    pub fn error_kind(&self) -> ErrorKind {
+        match self {
+            DelegationError::KdcUnavailable { .. } => ErrorKind::KdcUnavailable,
+            DelegationError::Refused {
+                reason: Refusal::SpnNotAllowed,
+                ..
+            }
+            | DelegationError::UnknownPrincipal(Unknown::Spn)
+            | DelegationError::MutualAuthFailed(_) => ErrorKind::BackendProtocol,
+            DelegationError::Refused { .. }
+            | DelegationError::UnknownPrincipal(Unknown::User)
+            | DelegationError::BadName(_) => ErrorKind::DelegationRefused,
+            DelegationError::Gss(_) => ErrorKind::Internal,
+        }
+    }
+
+    fn pool(e: PoolError) -> Self {
+        DelegationError::KdcUnavailable { reason: e.as_str() }
+    }
+}
+
+impl fmt::Display for DelegationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DelegationError::KdcUnavailable { reason } => write!(f, "kdc_unavailable: {reason}"),
+            DelegationError::Refused { detail, .. }
+            | DelegationError::MutualAuthFailed(detail)
+            | DelegationError::Gss(detail) => write!(f, "{}: {detail}", self.as_str()),
+            DelegationError::BadName(why) => write!(f, "bad_name: {why}"),
+            DelegationError::UnknownPrincipal(_) => f.write_str(self.as_str()),
+        }
+    }
+}
+
+impl std::error::Error for DelegationError {}
+
+impl From<DelegationError> for crate::error::Error {
+    fn from(e: DelegationError) -> Self {
+        crate::error::Error::with_cause(e.error_kind(), "delegation", e)
+    }
+}
+
+impl CacheError for DelegationError {
+    fn abandoned() -> Self {
+        DelegationError::KdcUnavailable {
+            reason: "exchange_abandoned",
+        }
+    }
+
+    fn is_negative(&self) -> bool {
+        matches!(
+            self,
+            DelegationError::Refused { .. } | DelegationError::UnknownPrincipal(_)
+        )
+    }
+}
+
+/// A token for the backend request, and the context that checks the backend's answer.
+pub struct BackendToken {
+    header: Vec<u8>,
+    ctx: ClientCtx,
+    cache: CacheOutcome,
+    kdc_time: Option<Duration>,
+}
+
+impl fmt::Debug for BackendToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BackendToken")
+            .field("header_len", &self.header.len())
+            .field("cache", &self.cache)
+            .field("kdc_time", &self.kdc_time)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BackendToken {
+    /// The value of the backend request's `Authorization` header: `Negotiate <base64>`.
+    pub fn header_value(&self) -> &[u8] {
+        &self.header
+    }
+
+    pub fn cache(&self) -> CacheOutcome {
+        self.cache
+    }
+
+    /// Time this request spent waiting for the KDC side (pool queue included): `None` on a hit.
+    pub fn kdc_time(&self) -> Option<Duration> {
+        self.kdc_time
+    }
+
+    /// Checks the backend's final `WWW-Authenticate: Negotiate <token>` value (the AP-REP,
+    /// raw or in a SPNEGO NegTokenResp). Local crypto only: fine on a core.
+    ///
+    /// `None`, or a bare `Negotiate` without a token, is accepted: many IIS configurations do
+    /// not send the AP-REP on success, and HTTP gives no way to insist. The backend is then
+    /// not authenticated by Kerberos (only by TLS, where used).
+    pub fn verify_mutual(mut self, www_authenticate: Option<&[u8]>) -> Result<(), DelegationError> {
+        let Some(value) = www_authenticate else {
+            return Ok(());
+        };
+        let fail = |why: &str| DelegationError::MutualAuthFailed(why.to_owned());
+        let value = value.trim_ascii();
+        let scheme = b"Negotiate";
+        let rest = match value.get(..scheme.len()) {
+            Some(s) if s.eq_ignore_ascii_case(scheme) => &value[scheme.len()..],
+            _ => return Err(fail("not a Negotiate answer")),
+        };
+        if rest.is_empty() {
+            return Ok(());
+        }
+        if rest.first() != Some(&b' ') {
+            return Err(fail("not a Negotiate answer"));
+        }
+        let b64 = rest.trim_ascii();
+        if b64.len() > spnego::MAX_TOKEN_LEN * 2 {
+            return Err(fail("token too large"));
+        }
+        let token = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .map_err(|_| fail("token is not base64"))?;
+        let ap_rep: &[u8] = if token.first() == Some(&0xa1) {
+            match spnego::parse_negotiate_token(&token) {
+                Ok(NegotiateToken::Resp(resp)) => {
+                    if matches!(resp.neg_state, Some(NegState::Reject)) {
+                        return Err(fail("backend rejected the token (SPNEGO reject)"));
+                    }
+                    resp.response_token
+                        .ok_or_else(|| fail("SPNEGO answer without an AP-REP"))?
+                }
+                _ => return Err(fail("malformed SPNEGO answer")),
+            }
+        } else {
+            &token
+        };
+        match self.ctx.step(Some(ap_rep), None) {
+            Ok(None) if self.ctx.is_complete() => Ok(()),
+            Ok(_) => Err(fail("context not complete after the AP-REP")),
+            Err(e) => Err(DelegationError::MutualAuthFailed(
+                GssStatus::from(e).to_string(),
+            )),
+        }
+    }
+}
+
+/// Counters (monotonic unless noted). A snapshot of atomics: fields may be a few events apart.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DelegationStats {
+    /// Tokens built from a cached ticket on the calling core.
+    pub hits: u64,
+    /// Requests that led a KDC exchange.
+    pub misses: u64,
+    /// Requests that waited for another request's exchange.
+    pub joined: u64,
+    /// Background refreshes started.
+    pub refreshes: u64,
+    /// S4U2Self requests sent (attempted) to the KDC.
+    pub s4u2self: u64,
+    /// S4U2Proxy requests sent (attempted) to the KDC.
+    pub s4u2proxy: u64,
+    /// Refusals from the KDC (not counting negative-cache answers).
+    pub refusals: u64,
+    /// Answers from the negative cache.
+    pub negative_hits: u64,
+    /// KDC unavailable: pool full/timeout, unreachable KDC, waiters timed out.
+    pub kdc_errors: u64,
+    /// Logins of the proxy itself (start-up and renewals).
+    pub proxy_logins: u64,
+    /// Entries in the cache now (gauge).
+    pub entries: u64,
+    /// Sum and count of KDC exchange times measured on the pool thread (µs).
+    pub kdc_latency_us_sum: u64,
+    pub kdc_latency_count: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    joined: AtomicU64,
+    refreshes: AtomicU64,
+    s4u2self: AtomicU64,
+    s4u2proxy: AtomicU64,
+    refusals: AtomicU64,
+    negative_hits: AtomicU64,
+    kdc_errors: AtomicU64,
+    proxy_logins: AtomicU64,
+    kdc_latency_us_sum: AtomicU64,
+    kdc_latency_count: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A cached credential: it holds the service ticket for the key's SPN in its own ccache.
+#[derive(Clone)]
+struct Ticket {
+    cred: Cred,
+}
+
+/// The proxy's own credential (TGT from the keytab), used only on pool threads.
+struct ProxyCred {
+    cred: Cred,
+    /// Renew (a fresh login from the keytab) from this instant on.
+    renew_at: Instant,
+}
+
+struct Inner {
+    cfg: DelegationConfig,
+    /// The login principal's realm: the realm of SPNs given without one.
+    realm: String,
+    pool: Arc<BlockingPool>,
+    /// INVARIANT: locked only on pool threads (and in `new`), around a GSS login at most.
+    proxy: Mutex<ProxyCred>,
+    cache: TicketCache<Ticket, DelegationError>,
+    /// SPNs (with realm) that a Transition S4U2Proxy succeeded for: see `refine_refusal`.
+    /// Bounded by the configured routes' SPNs (only SPNs the KDC granted get in).
+    good_spns: RwLock<HashSet<String>>,
+    stats: Counters,
+}
+
+/// The engine. `Send + Sync`: one per process, `Arc`-shared by all core threads.
+pub struct Delegator {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Delegator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delegator")
+            .field("login", &self.inner.cfg.login)
+            .field("entries", &self.inner.cache.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Distinguishes the MEMORY ccaches of the proxy's logins in one process.
+static LOGIN_SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl Delegator {
+    /// Logs the proxy in from its keytab (BLOCKING: keytab and the first TGT). Call once at
+    /// start-up, off the cores.
+    pub fn new(cfg: DelegationConfig, pool: Arc<BlockingPool>) -> Result<Self, DelegationError> {
+        let realm = match cfg.login.rsplit_once('@') {
+            Some((_, r)) if !r.is_empty() => r.to_owned(),
+            _ => return Err(DelegationError::BadName("login principal has no realm")),
+        };
+        let stats = Counters::default();
+        let proxy = login(&cfg, &stats)?;
+        let cache = TicketCache::new(
+            cfg.max_entries,
+            cfg.refresh_ahead,
+            cfg.negative_ttl,
+            // A refresh that failed (KDC down) is retried after one KDC deadline.
+            cfg.kdc_timeout.max(Duration::from_secs(1)),
+        );
+        Ok(Delegator {
+            inner: Arc::new(Inner {
+                cfg,
+                realm,
+                pool,
+                proxy: Mutex::new(proxy),
+                cache,
+                good_spns: RwLock::new(HashSet::new()),
+                stats,
+            }),
+        })
+    }
+
+    /// The `Authorization` value for a backend request as `subject` to `spn`
+    /// (`HTTP/backend.example.test`, or with `@REALM`). From a core thread: never blocks it
+    /// (see the module doc for what runs where).
+    pub async fn token(
+        &self,
+        subject: Subject<'_>,
+        spn: &str,
+        channel_bindings: Option<&[u8]>,
+    ) -> Result<BackendToken, DelegationError> {
+        let inner = &self.inner;
+        let principal = subject.principal();
+        let key = Key::new(principal, spn).ok_or(DelegationError::BadName(
+            "empty principal or SPN, or a NUL byte in one",
+        ))?;
+        let target = inner.target(spn);
+        match inner.cache.lookup(&key, Instant::now()) {
+            Lookup::Fresh(entry) => inner.hit(&entry, &target, channel_bindings),
+            Lookup::Stale(entry, refresh) => {
+                if let Some(flight) = refresh {
+                    self.start_refresh(flight, subject, target.clone());
+                }
+                inner.hit(&entry, &target, channel_bindings)
+            }
+            Lookup::Refused(e) => {
+                bump(&inner.stats.negative_hits);
+                tracing::debug!(
+                    principal,
+                    spn,
+                    reason = e.as_str(),
+                    "delegation refused (cached)"
+                );
+                Err(e)
+            }
+            Lookup::Join(waiter) => {
+                bump(&inner.stats.joined);
+                let started = Instant::now();
+                match waiter.wait(inner.cfg.kdc_timeout).await {
+                    Some(Ok(entry)) => {
+                        let mut tok = inner.build(&entry, &target, channel_bindings)?;
+                        tok.cache = CacheOutcome::Joined;
+                        tok.kdc_time = Some(started.elapsed());
+                        Ok(tok)
+                    }
+                    Some(Err(e)) => Err(e),
+                    None => {
+                        bump(&inner.stats.kdc_errors);
+                        Err(DelegationError::KdcUnavailable {
+                            reason: "kdc_timeout",
+                        })
+                    }
+                }
+            }
+            Lookup::Lead(flight) => {
+                bump(&inner.stats.misses);
+                let started = Instant::now();
+                let job = Exchange {
+                    principal: principal.to_owned(),
+                    target,
+                    evidence: subject.evidence(),
+                    cb: channel_bindings.map(<[u8]>::to_vec),
+                };
+                let me = Arc::clone(inner);
+                // The flight moves into the job: whatever happens to the job (done, skipped
+                // after our deadline, panic), the key is resolved for the waiters.
+                let ran = inner
+                    .pool
+                    .try_run(inner.cfg.kdc_timeout, move || {
+                        me.exchange_and_store(job, flight)
+                    })
+                    .await;
+                match ran {
+                    Ok(Ok((ctx, token))) => Ok(BackendToken {
+                        header: header_value(&token),
+                        ctx,
+                        cache: CacheOutcome::Miss,
+                        kdc_time: Some(started.elapsed()),
+                    }),
+                    Ok(Err(e)) => Err(e),
+                    Err(e) => {
+                        bump(&inner.stats.kdc_errors);
+                        tracing::warn!(
+                            principal,
+                            spn,
+                            reason = e.as_str(),
+                            "KDC exchange not done"
+                        );
+                        Err(DelegationError::pool(e))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts the one background refresh of a ticket inside its refresh window. Fire and
+    /// forget: the job stores its result; when the pool is full it is simply not started, and
+    /// the cache's backoff lets a later request try again.
+    fn start_refresh(
+        &self,
+        flight: Flight<Ticket, DelegationError>,
+        subject: Subject<'_>,
+        target: String,
+    ) {
+        let inner = &self.inner;
+        bump(&inner.stats.refreshes);
+        let job = Exchange {
+            principal: subject.principal().to_owned(),
+            target,
+            evidence: subject.evidence(),
+            cb: None,
+        };
+        let me = Arc::clone(inner);
+        if let Err(e) = inner.pool.try_submit(move || {
+            let _ = me.exchange_and_store(job, flight);
+        }) {
+            tracing::debug!(reason = e.as_str(), "ticket refresh not started");
+        }
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> DelegationStats {
+        let s = &self.inner.stats;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        DelegationStats {
+            hits: get(&s.hits),
+            misses: get(&s.misses),
+            joined: get(&s.joined),
+            refreshes: get(&s.refreshes),
+            s4u2self: get(&s.s4u2self),
+            s4u2proxy: get(&s.s4u2proxy),
+            refusals: get(&s.refusals),
+            negative_hits: get(&s.negative_hits),
+            kdc_errors: get(&s.kdc_errors),
+            proxy_logins: get(&s.proxy_logins),
+            entries: self.inner.cache.len() as u64,
+            kdc_latency_us_sum: get(&s.kdc_latency_us_sum),
+            kdc_latency_count: get(&s.kdc_latency_count),
+        }
+    }
+}
+
+/// One KDC exchange's input, owned so it can move to a pool thread.
+struct Exchange {
+    principal: String,
+    target: String,
+    evidence: Option<Cred>,
+    cb: Option<Vec<u8>>,
+}
+
+/// Which KDC request a GSS failure came from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Login,
+    S4u2Self,
+    /// After a forwardable S4U2Self.
+    S4u2ProxyTransition,
+    S4u2ProxyEvidence,
+}
+
+impl Inner {
+    /// `spn@REALM`: with the realm named, MIT neither canonicalises nor asks for a referral,
+    /// so the S4U2Proxy result is stored and found again under exactly this name.
+    fn target(&self, spn: &str) -> String {
+        if spn.contains('@') {
+            spn.to_owned()
+        } else {
+            format!("{spn}@{}", self.realm)
+        }
+    }
+
+    fn hit(
+        &self,
+        entry: &Entry<Ticket>,
+        target: &str,
+        cb: Option<&[u8]>,
+    ) -> Result<BackendToken, DelegationError> {
+        bump(&self.stats.hits);
+        self.build(entry, target, cb)
+    }
+
+    /// An AP-REQ from a cached credential, on the calling thread (see the module doc).
+    fn build(
+        &self,
+        entry: &Entry<Ticket>,
+        target: &str,
+        cb: Option<&[u8]>,
+    ) -> Result<BackendToken, DelegationError> {
+        let (ctx, token) =
+            first_step(&entry.value.cred, target, cb).map_err(StepError::into_error)?;
+        Ok(BackendToken {
+            header: header_value(&token),
+            ctx,
+            cache: CacheOutcome::Hit,
+            kdc_time: None,
+        })
+    }
+
+    /// On a pool thread: the exchange, its result stored for everyone (the flight), and the
+    /// first context for the caller that led it.
+    fn exchange_and_store(
+        &self,
+        job: Exchange,
+        flight: Flight<Ticket, DelegationError>,
+    ) -> Result<(ClientCtx, Vec<u8>), DelegationError> {
+        let refresh = flight.is_refresh();
+        let started = Instant::now();
+        let result = self.exchange(&job);
+        let took = started.elapsed();
+        self.stats.kdc_latency_us_sum.fetch_add(
+            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        bump(&self.stats.kdc_latency_count);
+        match result {
+            Ok((ticket, expires, ctx, token)) => {
+                tracing::debug!(
+                    principal = %job.principal,
+                    target = %job.target,
+                    refresh,
+                    ms = took.as_secs_f64() * 1e3,
+                    valid_s = expires.saturating_duration_since(Instant::now()).as_secs(),
+                    "delegated ticket obtained"
+                );
+                let entry = flight.cache().entry(ticket, expires);
+                flight.complete(Ok(entry));
+                Ok((ctx, token))
+            }
+            Err(e) => {
+                match &e {
+                    DelegationError::Refused { detail, .. } => {
+                        bump(&self.stats.refusals);
+                        tracing::warn!(
+                            principal = %job.principal, target = %job.target,
+                            reason = e.as_str(), kdc = %detail, "delegation refused"
+                        );
+                    }
+                    DelegationError::UnknownPrincipal(_) => {
+                        bump(&self.stats.refusals);
+                        tracing::warn!(
+                            principal = %job.principal, target = %job.target,
+                            reason = e.as_str(), "delegation refused"
+                        );
+                    }
+                    DelegationError::KdcUnavailable { .. } => {
+                        bump(&self.stats.kdc_errors);
+                        tracing::warn!(principal = %job.principal, error = %e, "KDC unavailable");
+                    }
+                    _ => {
+                        tracing::warn!(principal = %job.principal, error = %e, "delegation failed")
+                    }
+                }
+                flight.complete(Err(e.clone()));
+                Err(e)
+            }
+        }
+    }
+
+    /// S4U2Self (Transition) and S4U2Proxy. BLOCKING.
+    fn exchange(
+        &self,
+        job: &Exchange,
+    ) -> Result<(Ticket, Instant, ClientCtx, Vec<u8>), DelegationError> {
+        let (cred, phase) = match &job.evidence {
+            Some(evidence) => {
+                // The evidence must be the principal's own: never cache one user's ticket
+                // under another's name.
+                let name = cred_name(evidence)?;
+                if name != job.principal {
+                    return Err(DelegationError::BadName(
+                        "evidence credential is not the principal's",
+                    ));
+                }
+                (evidence.clone(), Phase::S4u2ProxyEvidence)
+            }
+            None => {
+                let proxy = self.proxy_cred()?;
+                let user = Name::new(job.principal.as_bytes(), Some(GSS_NT_KRB5_PRINCIPAL))
+                    .map_err(|_| DelegationError::BadName("user principal does not parse"))?;
+                let mut mechs = OidSet::new();
+                mechs.add(GSS_MECH_KRB5).map_err(gss)?;
+                bump(&self.stats.s4u2self);
+                let cred = proxy
+                    .impersonate(&user, None, CredUsage::Initiate, Some(&mechs))
+                    .map_err(|e| classify(e.into(), Phase::S4u2Self))?;
+                // MIT records the impersonator only when the S4U2Self ticket is forwardable
+                // (without it S4U2Proxy can only fail): no impersonator = not delegable.
+                match cred.proxy() {
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        return Err(DelegationError::Refused {
+                            reason: Refusal::UserNotDelegable,
+                            detail: "S4U2Self ticket is not forwardable".into(),
+                        })
+                    }
+                    Err(e) => return Err(gss(e)),
+                }
+                (cred, Phase::S4u2ProxyTransition)
+            }
+        };
+        bump(&self.stats.s4u2proxy);
+        let (ctx, token) =
+            first_step(&cred, &job.target, job.cb.as_deref()).map_err(|e| match e {
+                StepError::Status(s) => {
+                    let e = classify(s, phase);
+                    self.refine_refusal(e, &job.target)
+                }
+                StepError::Other(e) => e,
+            })?;
+        if phase == Phase::S4u2ProxyTransition {
+            self.good_spns
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(job.target.clone());
+        }
+        // The expiry: MIT reports no lifetime for a context that awaits the AP-REP (0), so
+        // the credential's is used: the S4U2Self (or evidence) ticket's end, which bounds the
+        // S4U2Proxy ticket's end (RFC 4120 / MS-SFU: the KDC never extends it). A KDC policy
+        // that gives the backend's tickets a shorter life than the user's is not seen here.
+        let now = Instant::now();
+        let ctx_left = ctx.lifetime().ok().filter(|d| !d.is_zero());
+        let cred_left = cred.lifetime().ok().filter(|d| !d.is_zero());
+        let left = match (ctx_left, cred_left) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => Duration::ZERO,
+        };
+        Ok((Ticket { cred }, now + left, ctx, token))
+    }
+
+    /// A Transition S4U2Proxy refusal after S4U2Self: the KDC gives the same code for a
+    /// sensitive user and an SPN outside the proxy's list (and both lab KDCs hand out an
+    /// S4U2Self ticket that MIT marks usable for S4U2Proxy even for a sensitive user, so the
+    /// forwardable check does not catch it). If this SPN has worked for another user since
+    /// start-up, the SPN is allowed and the user is the problem; otherwise the SPN is blamed.
+    /// A heuristic: a sensitive user who is the first to ask for a new SPN is reported as
+    /// `spn_not_allowed` (502) for the negative TTL.
+    fn refine_refusal(&self, e: DelegationError, target: &str) -> DelegationError {
+        match e {
+            DelegationError::Refused {
+                reason: Refusal::SpnNotAllowed,
+                detail,
+            } if self
+                .good_spns
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(target) =>
+            {
+                DelegationError::Refused {
+                    reason: Refusal::UserNotDelegable,
+                    detail,
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// The proxy's credential, renewed from the keytab first when it is within `refresh_ahead`
+    /// of its end. BLOCKING (pool threads only).
+    fn proxy_cred(&self) -> Result<Cred, DelegationError> {
+        let mut proxy = self.proxy.lock().unwrap_or_else(PoisonError::into_inner);
+        if Instant::now() >= proxy.renew_at {
+            // Other pool threads wait here for the renewal rather than start their own.
+            *proxy = login(&self.cfg, &self.stats)?;
+        }
+        Ok(proxy.cred.clone())
+    }
+}
+
+/// A fresh login of the proxy from its keytab into a new MEMORY ccache (so it really is a new
+/// AS exchange, not the old TGT read back). BLOCKING.
+fn login(cfg: &DelegationConfig, stats: &Counters) -> Result<ProxyCred, DelegationError> {
+    let ccache = format!(
+        "MEMORY:kcdproxy-kcd-{}-{}",
+        std::process::id(),
+        LOGIN_SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    let store = CredStore::new()
+        .client_keytab(&cfg.keytab)
+        .and_then(|s| s.ccache(&ccache))
+        .map_err(|_| DelegationError::BadName("keytab path or ccache name has a NUL byte"))?;
+    bump(&stats.proxy_logins);
+    let cred = kcred::acquire_from(Some(&cfg.login), CredUsage::Initiate, &store).map_err(|e| {
+        match classify(e, Phase::Login) {
+            DelegationError::Gss(t) => DelegationError::Gss(format!(
+                "login {} from {}: {t}",
+                cfg.login,
+                cfg.keytab.display()
+            )),
+            other => other,
+        }
+    })?;
+    // MIT gets the TGT lazily in some cases; asking for the lifetime makes it resolve now.
+    let left = cred.lifetime().map_err(gss)?;
+    if left.is_zero() {
+        return Err(DelegationError::Gss(format!(
+            "login {}: credential has no lifetime",
+            cfg.login
+        )));
+    }
+    let renew_in = left.saturating_sub(cfg.refresh_ahead).max(left / 2);
+    tracing::info!(login = %cfg.login, valid_s = left.as_secs(), "proxy logged in from keytab");
+    Ok(ProxyCred {
+        cred,
+        renew_at: Instant::now() + renew_in,
+    })
+}
+
+/// The credential's name, for comparing with a principal.
+fn cred_name(cred: &Cred) -> Result<String, DelegationError> {
+    let name = cred.name().map_err(gss)?.display_name().map_err(gss)?;
+    String::from_utf8(name.to_vec()).map_err(|_| DelegationError::BadName("principal is not UTF-8"))
+}
+
+/// `gss_init_sec_context` once: the AP-REQ (krb5, mutual authentication requested) and the
+/// context that will check the AP-REP. May reach the KDC unless the service ticket is cached.
+fn first_step(
+    cred: &Cred,
+    target: &str,
+    cb: Option<&[u8]>,
+) -> Result<(ClientCtx, Vec<u8>), StepError> {
+    let name = Name::new(target.as_bytes(), Some(GSS_NT_KRB5_PRINCIPAL))
+        .map_err(|_| StepError::Other(DelegationError::BadName("SPN does not parse")))?;
+    let mut ctx = ClientCtx::new(
+        Some(cred.clone()),
+        name,
+        CtxFlags::GSS_C_MUTUAL_FLAG,
+        Some(GSS_MECH_KRB5),
+    );
+    let token = match ctx.step(None, cb) {
+        Ok(Some(t)) => t.to_vec(),
+        Ok(None) => {
+            return Err(StepError::Other(DelegationError::Gss(
+                "no AP-REQ produced".into(),
+            )))
+        }
+        Err(e) => return Err(StepError::Status(e.into())),
+    };
+    Ok((ctx, token))
+}
+
+/// A failed [`first_step`]: the GSS status is kept so that an exchange can classify it by
+/// phase; on a core it is just text.
+enum StepError {
+    Status(GssStatus),
+    Other(DelegationError),
+}
+
+impl StepError {
+    fn into_error(self) -> DelegationError {
+        match self {
+            StepError::Status(s) => DelegationError::Gss(s.to_string()),
+            StepError::Other(e) => e,
+        }
+    }
+}
+
+fn header_value(token: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(10 + token.len().div_ceil(3) * 4);
+    v.extend_from_slice(b"Negotiate ");
+    let b64 = base64::engine::general_purpose::STANDARD.encode(token);
+    v.extend_from_slice(b64.as_bytes());
+    v
+}
+
+fn gss(e: libgssapi::error::Error) -> DelegationError {
+    DelegationError::Gss(GssStatus::from(e).to_string())
+}
+
+/// krb5 error numbers (`minor - ERROR_TABLE_BASE_krb5`; below 128 the KRB-ERROR codes of
+/// RFC 4120 §7.5.9).
+mod krb5_code {
+    pub const C_PRINCIPAL_UNKNOWN: u32 = 6;
+    pub const S_PRINCIPAL_UNKNOWN: u32 = 7;
+    pub const POLICY: u32 = 12;
+    pub const BADOPTION: u32 = 13;
+    pub const CLIENT_REVOKED: u32 = 18;
+    /// KRB5_REALM_UNKNOWN: "Cannot find KDC for requested realm".
+    pub const REALM_UNKNOWN: u32 = 154;
+    /// KRB5_KDC_UNREACH: "Cannot contact any KDC for requested realm".
+    pub const KDC_UNREACH: u32 = 156;
+    /// KRB5_REALM_CANT_RESOLVE.
+    pub const REALM_CANT_RESOLVE: u32 = 220;
+}
+
+/// errno values MIT passes through as minor codes when a KDC socket fails.
+const NET_ERRNOS: [u32; 5] = [
+    libc::ETIMEDOUT as u32,
+    libc::ECONNREFUSED as u32,
+    libc::EHOSTUNREACH as u32,
+    libc::ENETUNREACH as u32,
+    libc::ECONNRESET as u32,
+];
+
+/// Maps a GSS failure of a KDC-bound call onto the closed error.
+fn classify(s: GssStatus, phase: Phase) -> DelegationError {
+    use krb5_code as k;
+    let refused = |reason| DelegationError::Refused {
+        reason,
+        detail: s.minor_text(),
+    };
+    match s.krb5_code() {
+        Some(k::C_PRINCIPAL_UNKNOWN) => DelegationError::UnknownPrincipal(Unknown::User),
+        Some(k::S_PRINCIPAL_UNKNOWN) => match phase {
+            // In S4U2Self the server is the proxy itself (known); the name looked up is the user.
+            Phase::S4u2Self => DelegationError::UnknownPrincipal(Unknown::User),
+            Phase::Login => DelegationError::Gss(s.to_string()),
+            Phase::S4u2ProxyTransition | Phase::S4u2ProxyEvidence => {
+                DelegationError::UnknownPrincipal(Unknown::Spn)
+            }
+        },
+        Some(k::BADOPTION | k::POLICY) => match phase {
+            Phase::S4u2ProxyTransition => refused(Refusal::SpnNotAllowed),
+            Phase::Login => DelegationError::Gss(s.to_string()),
+            Phase::S4u2Self | Phase::S4u2ProxyEvidence => refused(Refusal::KdcRefused),
+        },
+        Some(k::CLIENT_REVOKED) => refused(Refusal::KdcRefused),
+        Some(k::REALM_UNKNOWN | k::KDC_UNREACH | k::REALM_CANT_RESOLVE) => {
+            DelegationError::KdcUnavailable {
+                reason: "kdc_unreachable",
+            }
+        }
+        _ if NET_ERRNOS.contains(&s.minor) => DelegationError::KdcUnavailable {
+            reason: "kdc_unreachable",
+        },
+        _ => DelegationError::Gss(s.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn krb(n: i32) -> GssStatus {
+        GssStatus {
+            major: kcred::routine::FAILURE << 16,
+            minor: (-1_765_328_384i32 + n) as u32,
+        }
+    }
+
+    #[test]
+    fn refusals_are_told_apart_by_phase() {
+        let spn = classify(krb(13), Phase::S4u2ProxyTransition);
+        assert!(matches!(
+            spn,
+            DelegationError::Refused {
+                reason: Refusal::SpnNotAllowed,
+                ..
+            }
+        ));
+        assert_eq!(spn.error_kind(), ErrorKind::BackendProtocol);
+        assert_eq!(spn.as_str(), "spn_not_allowed");
+        let ev = classify(krb(13), Phase::S4u2ProxyEvidence);
+        assert_eq!(ev.as_str(), "kdc_refused");
+        assert_eq!(ev.error_kind(), ErrorKind::DelegationRefused);
+        assert_eq!(
+            classify(krb(7), Phase::S4u2ProxyTransition),
+            DelegationError::UnknownPrincipal(Unknown::Spn)
+        );
+        assert_eq!(
+            classify(krb(7), Phase::S4u2Self),
+            DelegationError::UnknownPrincipal(Unknown::User)
+        );
+        assert_eq!(
+            classify(krb(156), Phase::S4u2Self),
+            DelegationError::KdcUnavailable {
+                reason: "kdc_unreachable"
+            }
+        );
+        let down = GssStatus {
+            major: kcred::routine::FAILURE << 16,
+            minor: libc::ETIMEDOUT as u32,
+        };
+        assert_eq!(
+            classify(down, Phase::S4u2ProxyTransition).error_kind(),
+            ErrorKind::KdcUnavailable
+        );
+        assert!(matches!(
+            classify(krb(41), Phase::S4u2Self),
+            DelegationError::Gss(_)
+        ));
+    }
+
+    #[test]
+    fn error_kinds_and_tokens() {
+        let user = DelegationError::Refused {
+            reason: Refusal::UserNotDelegable,
+            detail: String::new(),
+        };
+        assert_eq!(user.error_kind(), ErrorKind::DelegationRefused);
+        assert_eq!(user.as_str(), "user_not_delegable");
+        assert!(user.is_negative());
+        let down = DelegationError::pool(PoolError::QueueFull);
+        assert_eq!(down.error_kind(), ErrorKind::KdcUnavailable);
+        assert!(!down.is_negative());
+        assert_eq!(down.to_string(), "kdc_unavailable: pool_queue_full");
+        assert_eq!(
+            DelegationError::MutualAuthFailed("x".into()).error_kind(),
+            ErrorKind::BackendProtocol
+        );
+        assert_eq!(
+            DelegationError::UnknownPrincipal(Unknown::User).error_kind(),
+            ErrorKind::DelegationRefused
+        );
+        let e: crate::error::Error = DelegationError::Gss("boom".into()).into();
+        assert_eq!(e.kind, ErrorKind::Internal);
+    }
+
+    #[test]
+    fn header_is_negotiate_base64() {
+        assert_eq!(
+            header_value(&[0x60, 0x01, 0x02]),
+            b"Negotiate YAEC".to_vec()
+        );
+    }
+
+    #[test]
+    fn types_are_send_and_sync() {
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send>() {}
+        send_sync::<Delegator>();
+        send_sync::<DelegationError>();
+        send::<BackendToken>();
+    }
+}
