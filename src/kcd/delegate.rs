@@ -813,7 +813,8 @@ impl Inner {
                 }
                 StepError::Other(e) => e,
             })?;
-        if phase == Phase::S4u2ProxyTransition {
+        // Either path proves the proxy may delegate to this SPN (one allowed-to list).
+        {
             self.good_spns
                 .write()
                 .unwrap_or_else(PoisonError::into_inner)

@@ -19,6 +19,16 @@ impl Stream {
         matches!(self, Stream::Tls(_))
     }
 
+    /// RFC 5929 `tls-server-end-point` channel-binding data of a TLS connection (as a
+    /// client): `"tls-server-end-point:"` and the hash of the server's certificate. `None` for
+    /// plain connections.
+    pub fn tls_server_end_point(&self) -> Option<Vec<u8>> {
+        match self {
+            Stream::Plain(_) => None,
+            Stream::Tls(t) => crate::tls::server_end_point(&t.peer_certificate()?),
+        }
+    }
+
     /// The TCP stream underneath, for socket-level checks (liveness peeks).
     pub fn tcp(&self) -> &TcpIo {
         match self {

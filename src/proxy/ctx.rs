@@ -13,7 +13,7 @@ use crate::auth::ntlm::{LocalBackend, NtHashStore, NtlmAcceptor, NtlmConfig, Ver
 use crate::auth::{AuthCtx, AuthServices, IdentityMap};
 use crate::config::{Backend, Config};
 use crate::http1::Limits;
-use crate::kcd::BlockingPool;
+use crate::kcd::{BlockingPool, Delegator};
 use crate::metrics::WorkerMetrics;
 use crate::upstream::Pool;
 
@@ -26,6 +26,8 @@ pub struct Shared {
     pub nt_hashes: Option<NtHashStore>,
     /// Kerberos acceptor, winbind, Basic cache: shared by all workers.
     pub auth_services: Arc<AuthServices>,
+    /// Constrained delegation, when a route has `spn=`.
+    pub delegator: Option<Arc<Delegator>>,
     /// Where every call that may block runs (KDC, GSS-API, winbind); `None` when nothing
     /// configured needs one.
     pub kdc_pool: Option<Arc<BlockingPool>>,

@@ -16,6 +16,7 @@ pub mod ctx;
 mod io_util;
 pub mod respond;
 
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Instant as StdInstant;
@@ -28,9 +29,11 @@ use self::ctx::WorkerCtx;
 use self::io_util::{read_by, write_by, ReadErr};
 use crate::accesslog::{Delegation, Entry};
 use crate::auth::{ConnAuth, Identity, Verdict};
+use crate::config::route::SendAuth;
 use crate::config::Backend;
 use crate::error::{Error, ErrorKind, Side};
 use crate::http1::{self, BodyFraming, ChunkedDecoder, RequestHead};
+use crate::kcd::{BackendToken, Delegator, Subject};
 use crate::net::{bufpool, Io, Stream};
 use crate::upstream::{self, BackendConn, PoolKey};
 
@@ -469,6 +472,29 @@ async fn exchange(
         extra_headers.push((h, id.principal().as_bytes()));
     }
 
+    // ---- constrained delegation: the backend sees the user, with a ticket for its SPN ----
+    let deleg = match (&route_opts.spn, ctx.shared.delegator.as_deref()) {
+        (Some(spn), Some(d)) => match identity.as_ref() {
+            Some(id) => Some(Deleg {
+                delegator: d,
+                spn: spn.as_str(),
+                principal: id.principal(),
+                identity: id,
+            }),
+            // Config makes spn= routes authenticated; never forward one anonymously.
+            None => {
+                return Err((
+                    Error::new(ErrorKind::Internal, "delegating route without an identity"),
+                    bodyless,
+                ))
+            }
+        },
+        _ => None,
+    };
+    let send_first = route_opts.send_auth == SendAuth::First;
+    // A backend 401 to a request sent without a ticket: the retry carries one.
+    let mut force_ticket = false;
+
     let mut attempt = 0;
     let mut continue_sent = false;
     loop {
@@ -480,10 +506,57 @@ async fn exchange(
             attempt > 0,
             body.is_none(),
             identity.as_ref(),
+            deleg.as_ref().map(|d| (d.principal, d.spn)),
         )
         .await
         .map_err(|e| (e, bodyless))?;
         rl.reused = reused;
+
+        // ---- the user's ticket, on a backend connection not yet authenticated as them ----
+        let gate = DelegGate::default();
+        let mut ticket_header: Option<Vec<u8>> = None;
+        if let Some(dl) = &deleg {
+            let needed = !bconn.kerberos && (send_first || body.is_some() || force_ticket);
+            if needed {
+                let subject = match dl.identity.evidence() {
+                    Some(cred) => Subject::Evidence {
+                        principal: dl.principal,
+                        cred,
+                    },
+                    None => Subject::Transition {
+                        principal: dl.principal,
+                    },
+                };
+                let cb = if route_opts.channel_binding {
+                    bconn.stream.tls_server_end_point()
+                } else {
+                    None
+                };
+                match dl.delegator.token(subject, dl.spn, cb.as_deref()).await {
+                    Ok(tok) => {
+                        rl.delegation = Some((route, tok.cache().as_str(), tok.kdc_time()));
+                        ticket_header = Some(tok.header_value().to_vec());
+                        *gate.token.borrow_mut() = Some(tok);
+                    }
+                    Err(e) => {
+                        // Nothing was sent on the connection: it is still good for this user.
+                        finish_backend(c, ctx, bconn, true, false, None);
+                        return Err((e.into(), bodyless));
+                    }
+                }
+            } else {
+                rl.delegation = Some((route, "none", None));
+            }
+        }
+        let mut attempt_headers;
+        let head_extra: &[(&str, &[u8])] = match &ticket_header {
+            Some(v) => {
+                attempt_headers = extra_headers.clone();
+                attempt_headers.push(("Authorization", v));
+                &attempt_headers
+            }
+            None => &extra_headers,
+        };
 
         // ---- head (and the body bytes that came with it) ----
         let mut out = bufpool::take();
@@ -493,7 +566,7 @@ async fn exchange(
             host_override: ctx.host_override[route].as_deref(),
             framing: forward_framing,
             drop_headers: &drop_headers,
-            extra_headers: &extra_headers,
+            extra_headers: head_extra,
         };
         http1::encode_request_head(&c.buf, head, &info, &mut out);
         out.extend_from_slice(&c.buf[head.head_len..consumed]);
@@ -536,9 +609,17 @@ async fn exchange(
             keep_alive: meta.keep_alive,
             reused,
             extra_headers: &resp_headers,
-            drop_headers: &[],
-            gate: None,
+            // The backend's Negotiate answer belongs to the proxy's context, not the client's.
+            drop_headers: if deleg.is_some() {
+                &["www-authenticate", "persistent-auth"]
+            } else {
+                &[]
+            },
+            gate: deleg.as_ref().map(|_| &gate as &dyn body::HeadGate),
         };
+        // Connections keyed by user and SPN go back to the shared per-user pool; only
+        // client-passthrough authentication makes a connection private.
+        let passthrough = deleg.is_none();
 
         // ---- bodies ----
         let Some(rest) = body.take() else {
@@ -546,12 +627,13 @@ async fn exchange(
             let res = body::relay_response(&c.stream, &bconn.stream, rreq, ctx, p).await;
             return match res {
                 Ok(done) => {
+                    bconn.kerberos |= gate.accepted.get();
                     finish_backend(
                         c,
                         ctx,
                         bconn,
                         done.backend_reusable,
-                        conn_auth || done.conn_auth_challenge,
+                        passthrough && (conn_auth || done.conn_auth_challenge),
                         identity.as_ref(),
                     );
                     let next = if done.client_keep_alive {
@@ -563,6 +645,15 @@ async fn exchange(
                 }
                 Err(RelayErr::EmptyReply(_)) if attempt == 0 && !p.response_started.get() => {
                     bconn.stream.shutdown();
+                    attempt += 1;
+                    continue;
+                }
+                // The backend wants the ticket we did not send (send-auth=401, or a backend
+                // that does not keep Kerberos per connection): once more, with it, on a new
+                // connection. Never the client's problem (PROTOCOLS.md 15).
+                Err(RelayErr::BackendUnauthorized) if ticket_header.is_none() && attempt == 0 => {
+                    bconn.stream.shutdown();
+                    force_ticket = true;
                     attempt += 1;
                     continue;
                 }
@@ -609,12 +700,13 @@ async fn exchange(
             }
             Outcome::Both(done, reqd) => {
                 let clean = done.backend_reusable && reqd.backend_stopped.is_none();
+                bconn.kerberos |= gate.accepted.get();
                 finish_backend(
                     c,
                     ctx,
                     bconn,
                     clean,
-                    conn_auth || done.conn_auth_challenge,
+                    passthrough && (conn_auth || done.conn_auth_challenge),
                     identity.as_ref(),
                 );
                 let next = if done.client_keep_alive && reqd.backend_stopped.is_none() {
@@ -640,6 +732,39 @@ const DRAIN_AFTER_401: u64 = 64 * 1024;
 /// to the connection, so closing it would make the handshake impossible for clients that send
 /// the whole request on every leg (requests-ntlm, SOAP stacks without `Expect`).
 const DRAIN_DURING_HANDSHAKE: u64 = 16 * 1024 * 1024;
+
+/// A delegating route's request: who, to which SPN.
+struct Deleg<'a> {
+    delegator: &'a Delegator,
+    spn: &'a str,
+    principal: &'a str,
+    identity: &'a Identity,
+}
+
+/// The delegated leg's look at the response head: a 401 never reaches the client, and the
+/// backend's mutual-authentication token is checked before anything is relayed.
+#[derive(Default)]
+struct DelegGate {
+    /// The token sent on this attempt (taken by the check).
+    token: RefCell<Option<BackendToken>>,
+    /// The backend answered the ticket and proved itself (or sent no AP-REP, as IIS may).
+    accepted: Cell<bool>,
+}
+
+impl body::HeadGate for DelegGate {
+    fn check(&self, status: u16, negotiate: Option<&[u8]>) -> Result<(), body::GateStop> {
+        if status == 401 {
+            return Err(body::GateStop::Unauthorized);
+        }
+        if let Some(token) = self.token.borrow_mut().take() {
+            token
+                .verify_mutual(negotiate)
+                .map_err(|e| body::GateStop::Fail(e.into()))?;
+            self.accepted.set(true);
+        }
+        Ok(())
+    }
+}
 
 /// Answers 401 with the auth module's challenges. The connection stays open (the NTLM
 /// AUTHENTICATE must come on it) unless an unread body makes its framing unknowable or is
@@ -759,20 +884,26 @@ async fn backend_conn(
     fresh: bool,
     retryable: bool,
     identity: Option<&Identity>,
+    delegated: Option<(&str, &str)>,
 ) -> Result<(BackendConn, bool), Error> {
-    if let Some(pb) = c.private_backend.take() {
-        // Only for the same backend and the same user: a client that re-authenticated as
-        // someone else never inherits the previous user's backend connection.
-        let same_user = pb.key.identity.as_deref() == identity.map(Identity::principal);
-        if !fresh && same_user && *pb.key.backend == **backend && !pb.stream.tcp().peer_closed() {
-            return Ok((pb, true));
+    // A delegated connection is keyed by (backend, user, SPN) in the core's pool; the client's
+    // private connection (if any) is for passthrough routes and stays where it is.
+    if delegated.is_none() {
+        if let Some(pb) = c.private_backend.take() {
+            // Only for the same backend and the same user: a client that re-authenticated as
+            // someone else never inherits the previous user's backend connection.
+            let same_user = pb.key.identity.as_deref() == identity.map(Identity::principal);
+            if !fresh && same_user && *pb.key.backend == **backend && !pb.stream.tcp().peer_closed()
+            {
+                return Ok((pb, true));
+            }
+            pb.stream.shutdown();
         }
-        pb.stream.shutdown();
     }
     let key = PoolKey {
         backend: backend.clone(),
-        identity: None,
-        spn: None,
+        identity: delegated.map(|(user, _)| Rc::from(user)),
+        spn: delegated.map(|(_, spn)| Rc::from(spn)),
     };
     if !fresh {
         if let Some(bc) = ctx.pool.borrow_mut().take(&key, retryable) {

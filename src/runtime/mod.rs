@@ -16,7 +16,7 @@ use crate::accesslog::Sink;
 use crate::auth::ntlm::{NtHashStore, NtlmAcceptor, VerifyPolicy};
 use crate::auth::AuthServices;
 use crate::config::{Config, Scheme};
-use crate::kcd::BlockingPool;
+use crate::kcd::{BlockingPool, DelegationConfig, Delegator};
 use crate::metrics::{self, Registry, WorkerMetrics};
 use crate::net::listener::bind_reuseport;
 use crate::proxy::ctx::Shared;
@@ -49,7 +49,9 @@ pub fn run(cfg: Config) -> Result<(), Vec<String>> {
             workers: shared.worker_metrics.clone(),
             kdc_pool: shared.kdc_pool.clone(),
             auth: shared.auth_services.clone(),
-            extra: None,
+            extra: shared.delegator.clone().map(|d| {
+                Box::new(move |s: &mut String| render_delegation(&d, s)) as metrics::ExtraRender
+            }),
         };
         metrics::serve(listener, Arc::new(registry))
             .map_err(|e| vec![format!("metrics thread: {e}")])?;
@@ -132,13 +134,6 @@ pub fn prepare(cfg: Config) -> Result<Shared, Vec<String>> {
         },
         None => None,
     };
-    if cfg.routes.routes().iter().any(|r| r.options.spn.is_some()) {
-        // Refused rather than ignored: a route that says spn= and forwarded requests without a
-        // ticket would look configured and fail at the backend.
-        errs.push(
-            "route option spn= (constrained delegation) is not available in this build yet".into(),
-        );
-    }
     if !errs.is_empty() {
         return Err(errs);
     }
@@ -158,6 +153,7 @@ pub fn prepare(cfg: Config) -> Result<Shared, Vec<String>> {
         tls_client,
         nt_hashes,
         auth_services: Arc::new(AuthServices::none()),
+        delegator: None,
         kdc_pool,
         worker_metrics: (0..workers)
             .map(|_| Arc::new(WorkerMetrics::default()))
@@ -175,6 +171,41 @@ pub fn prepare(cfg: Config) -> Result<Shared, Vec<String>> {
         &ntlm_config,
         shared.kdc_pool.clone(),
     )?);
+    // Constrained delegation: the proxy logs in from its keytab now (BLOCKING, start-up
+    // only), so a wrong keytab or login is a start-up error, not a 5xx per request.
+    let delegating = shared
+        .cfg
+        .routes
+        .routes()
+        .iter()
+        .any(|r| r.options.spn.is_some());
+    if let (true, Some(k), Some(pool)) = (
+        delegating,
+        shared.cfg.auth.kerberos.as_ref(),
+        shared.kdc_pool.as_ref(),
+    ) {
+        let Some(login) = &k.login else {
+            return Err(vec!["spn= routes need --kerberos-login".into()]);
+        };
+        let kdc = &shared.cfg.auth.kdc;
+        let dc = DelegationConfig {
+            keytab: k.keytab.clone(),
+            login: login.clone(),
+            kdc_timeout: kdc.timeout,
+            refresh_ahead: kdc.refresh_ahead,
+            negative_ttl: kdc.negative_ttl,
+            max_entries: kdc.ticket_cache_size,
+        };
+        match Delegator::new(dc, Arc::clone(pool)) {
+            Ok(d) => shared.delegator = Some(Arc::new(d)),
+            Err(e) => {
+                return Err(vec![format!(
+                    "delegation: logging in as {login} from {}: {e}",
+                    k.keytab.display()
+                )])
+            }
+        }
+    }
     Ok(shared)
 }
 
@@ -202,4 +233,82 @@ fn spawn_signal_thread(stop: watch::Sender<bool>) -> Result<(), Vec<String>> {
         })
         .map_err(|e| vec![format!("signal thread: {e}")])?;
     Ok(())
+}
+
+/// The delegation engine's own counters, for the metrics endpoint.
+fn render_delegation(d: &Delegator, s: &mut String) {
+    use std::fmt::Write as _;
+    let st = d.stats();
+    let counters = [
+        (
+            "ticket_cache_hits_total",
+            "Tokens built from a cached ticket.",
+            st.hits,
+        ),
+        (
+            "ticket_cache_misses_total",
+            "Requests that led a KDC exchange.",
+            st.misses,
+        ),
+        (
+            "ticket_cache_joined_total",
+            "Requests that waited for another request's exchange.",
+            st.joined,
+        ),
+        (
+            "ticket_refreshes_total",
+            "Background ticket refreshes started.",
+            st.refreshes,
+        ),
+        (
+            "kdc_s4u2self_total",
+            "S4U2Self requests sent to the KDC.",
+            st.s4u2self,
+        ),
+        (
+            "kdc_s4u2proxy_total",
+            "S4U2Proxy requests sent to the KDC.",
+            st.s4u2proxy,
+        ),
+        (
+            "kdc_refusals_total",
+            "Delegation refusals from the KDC.",
+            st.refusals,
+        ),
+        (
+            "ticket_negative_hits_total",
+            "Refusals answered from the negative cache.",
+            st.negative_hits,
+        ),
+        (
+            "kdc_errors_total",
+            "KDC side unavailable (pool full or timed out, KDC unreachable).",
+            st.kdc_errors,
+        ),
+        (
+            "proxy_logins_total",
+            "Logins of the proxy itself (start-up and renewals).",
+            st.proxy_logins,
+        ),
+    ];
+    for (name, help, v) in counters {
+        let _ = writeln!(
+            s,
+            "# HELP kcdproxy_{name} {help}\n# TYPE kcdproxy_{name} counter\nkcdproxy_{name} {v}"
+        );
+    }
+    let _ = writeln!(
+        s,
+        "# HELP kcdproxy_ticket_cache_entries (user, SPN) entries cached.\n\
+         # TYPE kcdproxy_ticket_cache_entries gauge\nkcdproxy_ticket_cache_entries {}",
+        st.entries
+    );
+    let _ = writeln!(
+        s,
+        "# HELP kcdproxy_kdc_latency_seconds KDC exchanges for delegated tickets.\n\
+         # TYPE kcdproxy_kdc_latency_seconds summary\n\
+         kcdproxy_kdc_latency_seconds_sum {:.6}\nkcdproxy_kdc_latency_seconds_count {}",
+        st.kdc_latency_us_sum as f64 / 1e6,
+        st.kdc_latency_count
+    );
 }

@@ -52,6 +52,7 @@
 //! close itself cannot tell a truncation at a record boundary from the end. An EOF in the middle
 //! of a record, or during the handshake, is `ErrorKind::UnexpectedEof`.
 
+mod binding;
 mod config;
 mod sni;
 mod stream;
@@ -59,6 +60,7 @@ mod stream;
 #[cfg(test)]
 mod tests;
 
+pub use binding::server_end_point;
 pub use config::{client_config, server_config};
 pub use stream::TlsStream;
 

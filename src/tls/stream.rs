@@ -103,6 +103,14 @@ impl<I: Io> TlsStream<I> {
         &self.io
     }
 
+    /// The peer's end-entity certificate (DER), once the handshake is done.
+    pub fn peer_certificate(&self) -> Option<Vec<u8>> {
+        let conn = self.conn.borrow();
+        conn.peer_certificates()?
+            .first()
+            .map(|c| c.as_ref().to_vec())
+    }
+
     async fn handshake(io: I, conn: Connection, timeout: Duration) -> io::Result<Self> {
         let stream = TlsStream {
             io,

@@ -153,6 +153,8 @@ pub struct Lab {
     pub alice: User,
     /// Sensitive: cannot be delegated (AD `NOT_DELEGATED`; MIT `-allow_forwardable`).
     pub bob: User,
+    /// A second delegable user (like alice).
+    pub carol: User,
     /// `user:hexhash` lines (with `#` comments) for offline NTLM validation.
     pub nt_hash_file: PathBuf,
     /// Every `KEY=VALUE` of lab.env, for what the typed fields do not cover.
@@ -392,6 +394,7 @@ fn parse(text: &str) -> Result<Lab, String> {
         nondelegable_spn: get("KCD_LAB_NONDELEGABLE_SPN")?,
         alice: user("KCD_LAB_ALICE")?,
         bob: user("KCD_LAB_BOB")?,
+        carol: user("KCD_LAB_CAROL")?,
         nt_hash_file: path("KCD_LAB_NT_HASH_FILE")?,
         vars,
     })

@@ -191,8 +191,9 @@ EOF
 }
 
 write_lab_env() {
-  local alice_hash bob_hash
+  local alice_hash bob_hash carol_hash
   alice_hash=$(awk -F: -v u="$ALICE" '$1 == u {print $2}' "$NT_HASH_FILE")
+  carol_hash=$(awk -F: -v u="$CAROL" '$1 == u {print $2}' "$NT_HASH_FILE")
   bob_hash=$(awk -F: -v u="$BOB" '$1 == u {print $2}' "$NT_HASH_FILE")
   cat >"$LAB_ENV.tmp" <<EOF
 # kcdproxy lab, instance $LAB_INSTANCE (tests/lab/lab.sh env). Test secrets only.
@@ -243,6 +244,9 @@ KCD_LAB_ALICE_NT_HASH=$alice_hash
 KCD_LAB_BOB=$BOB
 KCD_LAB_BOB_PASSWORD=$BOB_PASSWORD
 KCD_LAB_BOB_NT_HASH=$bob_hash
+KCD_LAB_CAROL=$CAROL
+KCD_LAB_CAROL_PASSWORD=$CAROL_PASSWORD
+KCD_LAB_CAROL_NT_HASH=$carol_hash
 KCD_LAB_NT_HASH_FILE=$NT_HASH_FILE
 KCD_LAB_CA=$PKI_DIR/ca.pem
 KCD_LAB_PROXY_CERT=$PKI_DIR/proxy.pem

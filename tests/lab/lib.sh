@@ -33,6 +33,9 @@ ALICE=alice
 ALICE_PASSWORD=Alice-Lab-Pw1
 BOB=bob
 BOB_PASSWORD=Bob-Lab-Pw1
+# A second delegable user: two users interleaved must never see each other's identity.
+CAROL=carol
+CAROL_PASSWORD=Carol-Lab-Pw1
 # Debian packages the lab needs (scripts/install-deps.sh adds the build/test base set).
 # samba-dsdb-modules, samba-vfs-modules and samba-ad-provision are only "Recommends" of samba,
 # and install-deps.sh installs without recommends: provisioning fails without them.

@@ -120,6 +120,7 @@ EOF
   mit_env kadmin.local -r "$MIT_REALM" >>"$tools_log" 2>&1 <<EOF || fail_daemon kadmin.local "$tools_log" "creating principals failed"
 addprinc -pw $ALICE_PASSWORD +requires_preauth $ALICE@$r
 addprinc -pw $BOB_PASSWORD +requires_preauth -allow_forwardable $BOB@$r
+addprinc -pw $CAROL_PASSWORD +requires_preauth $CAROL@$r
 addprinc -randkey +ok_to_auth_as_delegate $PROXY_SPN@$r
 addprinc -randkey $BACKEND_SPN@$r
 addprinc -randkey $OTHER_SPN@$r

@@ -3,11 +3,11 @@
 
   samba_accounts.py SMB_CONF SECRETS_FILE NT_HASH_FILE
 
-SECRETS_FILE holds KEY=VALUE lines: ALICE, ALICE_PASSWORD, BOB, BOB_PASSWORD, PROXY_ACCOUNT,
+SECRETS_FILE holds KEY=VALUE lines: ALICE, ALICE_PASSWORD, BOB, BOB_PASSWORD, CAROL, CAROL_PASSWORD, PROXY_ACCOUNT,
 PROXY_PASSWORD, BACKEND_ACCOUNT, BACKEND_PASSWORD, PROXY_SPN, BACKEND_SPN, OTHER_SPN.
 
 One process does what a dozen samba-tool calls would (each costs a second of Python start-up):
-  - users alice and bob; bob is "sensitive and cannot be delegated" (UF_NOT_DELEGATED);
+  - users alice, bob and carol (a second delegable user); bob is "sensitive and cannot be delegated" (UF_NOT_DELEGATED);
   - svc-proxy with SPN HTTP/proxy..., msDS-AllowedToDelegateTo = the backend SPN only, and
     "trusted to authenticate for delegation" (protocol transition, UF_TRUSTED_TO_AUTH_FOR_DELEGATION);
   - svc-backend with the backend SPN and a second SPN nobody may delegate to;
@@ -37,6 +37,7 @@ def main(conf, secrets_path, hash_path):
     accounts = [
         (s["ALICE"], s["ALICE_PASSWORD"]),
         (s["BOB"], s["BOB_PASSWORD"]),
+        (s["CAROL"], s["CAROL_PASSWORD"]),
         (s["PROXY_ACCOUNT"], s["PROXY_PASSWORD"]),
         (s["BACKEND_ACCOUNT"], s["BACKEND_PASSWORD"]),
     ]
@@ -69,7 +70,7 @@ def main(conf, secrets_path, hash_path):
         if len(res) != 1:
             raise SystemExit(f"account {name} not found after creation")
         print(f"KVNO {name} {res[0]['msDS-KeyVersionNumber'][0]}")
-        if name in (s["ALICE"], s["BOB"]):
+        if name in (s["ALICE"], s["BOB"], s["CAROL"]):
             hashes.append(f"{name}:{bytes(res[0]['unicodePwd'][0]).hex()}")
     with open(hash_path, "w") as out:
         out.write(f"# NT hashes (MD4 of the UTF-16LE password) of the lab's AD users, read from the DC.\n"

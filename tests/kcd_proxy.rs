@@ -1,0 +1,440 @@
+//! Constrained delegation through the real kcdproxy binary: the lab's Kerberos-only backend
+//! (Apache + mod_auth_gssapi, standing in for IIS) answers as the user — for NTLM, Basic and
+//! Kerberos clients, over plain and TLS backends, in the Samba AD realm and the MIT/LDAP
+//! realm. Refusals get clear statuses; the KDC sees one S4U2Self and one S4U2Proxy per user
+//! however many requests and connections; two users interleaved never see each other.
+//!
+//! Counting tests read the MIT KDC's log and the proxy's metrics, so the tests of this binary
+//! run one at a time (each starts its own proxy, whose ticket cache starts empty).
+
+#[path = "common/auth.rs"]
+mod auth;
+mod common;
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Barrier, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use auth::{auth_header, curl, nonce, Conn, Proxy};
+use common::lab::{lab, Lab, Realm, User};
+
+/// (scheme, curl arguments, environment)
+type Case<'a> = (&'a str, Vec<&'a str>, &'a [(&'a str, &'a Path)]);
+
+fn setup() -> &'static Lab {
+    static ENV: OnceLock<()> = OnceLock::new();
+    let lab = lab();
+    ENV.get_or_init(|| {
+        std::env::set_var("KRB5_CONFIG", &lab.krb5_config);
+        std::env::set_var("KRB5RCACHEDIR", &lab.rcache_dir);
+    });
+    lab
+}
+
+fn serial() -> MutexGuard<'static, ()> {
+    static M: Mutex<()> = Mutex::new(());
+    M.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn is_ad(lab: &Lab, realm: &Realm) -> bool {
+    realm.name == lab.ad.name
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A delegating proxy for `realm`, with its metrics port.
+///
+/// Routes (the backend's `/echo/…` answers any path below it): `/` → the plain backend;
+/// `/echo/tls` → the TLS backend, `/echo/cb` → the same with channel bindings;
+/// `/echo/on401` sends the ticket only after a backend 401; `/echo/nondelegable` asks for the
+/// SPN the proxy may not delegate to. Kerberos clients need the host `proxy.example.test`
+/// (their ticket is for the proxy's SPN).
+/// AD: NTLM and Basic through winbind. MIT: NTLM and Basic against the lab's hash file,
+/// mapped into MIT.TEST.
+fn start_proxy(lab: &Lab, realm: &Realm, extra: &[&str]) -> (Proxy, u16) {
+    let b = &lab.backend.http_url;
+    let bs = &lab.backend.https_url;
+    let spn = &lab.backend_spn;
+    let auth = "auth=negotiate,ntlm,basic";
+    let metrics = free_port();
+    let mut args: Vec<String> = vec![
+        "--route".into(),
+        format!("/={b};{auth};spn={spn}"),
+        "--route".into(),
+        format!("/echo/nondelegable={b};{auth};spn={}", lab.nondelegable_spn),
+        "--route".into(),
+        format!("/echo/tls={bs};{auth};spn={spn}"),
+        "--route".into(),
+        format!("/echo/cb={bs};{auth};spn={spn};channel-binding=tls-server-end-point"),
+        "--route".into(),
+        format!("/echo/on401={b};{auth};spn={spn};send-auth=401"),
+        "--backend-ca".into(),
+        lab.pki.ca.display().to_string(),
+        "--keytab".into(),
+        realm.proxy_keytab.display().to_string(),
+        "--kerberos-login".into(),
+        realm.proxy_principal.clone(),
+        "--realm".into(),
+        realm.name.clone(),
+        "--basic-over-http".into(),
+        "--metrics-listen".into(),
+        format!("127.0.0.1:{metrics}"),
+    ];
+    if is_ad(lab, realm) {
+        args.extend([
+            "--domain-realm".into(),
+            "EXAMPLE=EXAMPLE.TEST".into(),
+            "--winbind-command".into(),
+            lab.var("KCD_LAB_NTLM_AUTH").to_string(),
+        ]);
+    } else {
+        args.extend([
+            "--ntlm-hash-file".into(),
+            lab.nt_hash_file.display().to_string(),
+        ]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    (Proxy::start(lab, &args), metrics)
+}
+
+fn metric(port: u16, name: &str) -> u64 {
+    let text = curl(&[&format!("http://127.0.0.1:{port}/metrics")]).stdout;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("metric {name} missing:\n{text}"))
+}
+
+fn basic(user: &User) -> String {
+    auth_header(
+        "Basic",
+        format!("{}:{}", user.name, user.password).as_bytes(),
+    )
+}
+
+/// The backend's answer names the user: `authenticated as USER@REALM` (echo) or the
+/// `X-Remote-User` header (whoami).
+fn named(r: &auth::Response) -> String {
+    if let Some(u) = r.header("x-remote-user") {
+        return u.to_string();
+    }
+    r.text()
+        .lines()
+        .find_map(|l| l.strip_prefix("authenticated as "))
+        .unwrap_or("-")
+        .to_string()
+}
+
+/// Lines of the MIT KDC's log containing `needle` (after a moment for the last to land).
+fn mit_log_count(lab: &Lab, needle: &str) -> usize {
+    std::thread::sleep(Duration::from_millis(200));
+    std::fs::read_to_string(lab.log_dir.join("krb5kdc.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .count()
+}
+
+/// (S4U2Self, S4U2Proxy) lines the MIT KDC logged for `principal`.
+fn mit_s4u(lab: &Lab, principal: &str) -> (usize, usize) {
+    (
+        mit_log_count(lab, &format!("PROTOCOL-TRANSITION s4u-client={principal}")),
+        mit_log_count(
+            lab,
+            &format!("CONSTRAINED-DELEGATION s4u-client={principal}"),
+        ),
+    )
+}
+
+fn kinit(realm: &Realm, user: &User, ccache: &str) {
+    let mut child = Command::new("kinit")
+        .arg(user.principal(realm))
+        .env("KRB5_CONFIG", &realm.krb5_config)
+        .env("KRB5CCNAME", ccache)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kinit");
+    use std::io::Write;
+    writeln!(child.stdin.take().unwrap(), "{}", user.password).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "kinit: {out:?}");
+}
+
+/// curl through the proxy with a Host of `host` (the proxy's routes pick the backend by it).
+fn curl_via(p: &Proxy, host: &str, path: &str, args: &[&str], env: &[(&str, &Path)]) -> String {
+    let resolve = format!("{host}:{}:127.0.0.1", p.http.port());
+    let url = format!("http://{host}:{}{path}", p.http.port());
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "-D", "-"])
+        .args(args)
+        .args(["--resolve", &resolve, &url])
+        .envs(env.iter().copied())
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn alice_reaches_the_backend_as_herself_with_each_scheme_over_plain_and_tls_backends() {
+    let _s = serial();
+    let lab = setup();
+    for realm in lab.realms() {
+        let (p, _) = start_proxy(lab, realm, &[]);
+        let want = format!("authenticated as {}", lab.alice.principal(realm));
+        let dir = std::env::temp_dir().join(nonce("kcd-proxy-krb"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ccache = format!("FILE:{}", dir.join("alice.cc").display());
+        kinit(realm, &lab.alice, &ccache);
+        let ntlm_user = if is_ad(lab, realm) {
+            format!("EXAMPLE\\alice:{}", lab.alice.password)
+        } else {
+            format!("alice:{}", lab.alice.password)
+        };
+        let basic_user = format!("alice:{}", lab.alice.password);
+        let krb_env: [(&str, &Path); 2] = [
+            ("KRB5_CONFIG", realm.krb5_config.as_path()),
+            ("KRB5CCNAME", Path::new(&ccache)),
+        ];
+        for leg in ["plain", "tls", "cb"] {
+            let cases: [Case; 3] = [
+                ("ntlm", vec!["--ntlm", "-u", &ntlm_user], &[]),
+                ("basic", vec!["-u", &basic_user], &[]),
+                ("negotiate", vec!["--negotiate", "-u", ":"], &krb_env),
+            ];
+            for (scheme, args, env) in cases {
+                let path = match leg {
+                    "plain" => format!("/echo/{scheme}-{}", nonce("n")),
+                    _ => format!("/echo/{leg}/{scheme}-{}", nonce("n")),
+                };
+                let text = curl_via(&p, "proxy.example.test", &path, &args, env);
+                assert!(
+                    text.contains(&want),
+                    "{} {leg} {scheme}: {text}\n{}",
+                    realm.name,
+                    p.stderr_tail()
+                );
+                // The backend's own Negotiate answer never reaches the client.
+                assert!(
+                    !text.lines().any(|l| l
+                        .to_ascii_lowercase()
+                        .starts_with("www-authenticate: negotiate oy")
+                        && scheme != "negotiate"),
+                    "{text}"
+                );
+                let log = p
+                    .access_lines_until(&path, |l| l.iter().any(|x| x.contains("status=200")))
+                    .join("\n");
+                assert!(log.contains(&format!("spn={}", lab.backend_spn)), "{log}");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn refusals_are_403_for_the_user_and_502_for_the_spn() {
+    let _s = serial();
+    let lab = setup();
+    for realm in lab.realms() {
+        let (p, _) = start_proxy(lab, realm, &[]);
+        // alice first: the SPN is then known to be delegable, so bob's refusal is his own.
+        let r = Conn::open(p.http).request(
+            "GET",
+            "/whoami",
+            &[("Authorization", &basic(&lab.alice))],
+            b"",
+        );
+        assert_eq!(r.status, 200, "{}: {}", realm.name, p.stderr_tail());
+        let path = format!("/echo/bob-{}", nonce("n"));
+        let r =
+            Conn::open(p.http).request("GET", &path, &[("Authorization", &basic(&lab.bob))], b"");
+        assert_eq!(r.status, 403, "{}: bob: {}", realm.name, r.text());
+        let log = p.access_lines(&path, 1).join("\n");
+        assert!(
+            log.contains("reason=delegation_refused") && log.contains("user_not_delegable"),
+            "{log}"
+        );
+        let path = format!("/echo/nondelegable/{}", nonce("n"));
+        let r =
+            Conn::open(p.http).request("GET", &path, &[("Authorization", &basic(&lab.alice))], b"");
+        assert_eq!(r.status, 502, "{}: other SPN: {}", realm.name, r.text());
+        let log = p.access_lines(&path, 1).join("\n");
+        assert!(log.contains("spn_not_allowed"), "{log}");
+        // The connection survives a refusal (nothing about the request was wrong).
+        let mut c = Conn::open(p.http);
+        let r = c.request(
+            "GET",
+            "/whoami",
+            &[("Authorization", &basic(&lab.bob))],
+            b"",
+        );
+        assert_eq!(r.status, 403);
+        let r = c.request(
+            "GET",
+            "/whoami",
+            &[("Authorization", &basic(&lab.alice))],
+            b"",
+        );
+        assert_eq!(r.status, 200);
+        assert_eq!(named(&r), lab.alice.principal(realm));
+    }
+}
+
+#[test]
+fn two_hundred_requests_on_four_connections_cost_one_s4u2self_and_one_s4u2proxy() {
+    let _s = serial();
+    let lab = setup();
+    let realm = &lab.mit;
+    let (p, metrics) = start_proxy(lab, realm, &[]);
+    let principal = lab.carol.principal(realm);
+    let before = mit_s4u(lab, &principal);
+    let auth = basic(&lab.carol);
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let (addr, auth, principal) = (p.http, auth.clone(), principal.clone());
+            std::thread::spawn(move || {
+                let mut c = Conn::open(addr);
+                for _ in 0..50 {
+                    let r = c.request("GET", "/whoami", &[("Authorization", &auth)], b"");
+                    assert_eq!(r.status, 200, "{}", r.text());
+                    assert_eq!(named(&r), principal);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let after = mit_s4u(lab, &principal);
+    assert_eq!(after.0, before.0 + 1, "S4U2Self at the KDC");
+    assert_eq!(after.1, before.1 + 1, "S4U2Proxy at the KDC");
+    assert_eq!(metric(metrics, "kcdproxy_kdc_s4u2self_total"), 1);
+    assert_eq!(metric(metrics, "kcdproxy_kdc_s4u2proxy_total"), 1);
+    // Connections to the backend are per user and reused: most requests need no new ticket.
+    let none = metric(
+        metrics,
+        "kcdproxy_delegated_requests_total{ticket=\"none\"}",
+    );
+    assert!(
+        none >= 150,
+        "{none} of 200 requests reused an authenticated connection"
+    );
+}
+
+#[test]
+fn fifty_concurrent_first_requests_by_one_user_cost_one_exchange() {
+    let _s = serial();
+    let lab = setup();
+    for realm in lab.realms() {
+        let (p, metrics) = start_proxy(lab, realm, &[]);
+        let principal = lab.carol.principal(realm);
+        let before = mit_s4u(lab, &principal);
+        let auth = basic(&lab.carol);
+        let gate = Arc::new(Barrier::new(50));
+        let threads: Vec<_> = (0..50)
+            .map(|_| {
+                let (addr, auth, gate) = (p.http, auth.clone(), gate.clone());
+                std::thread::spawn(move || {
+                    let mut c = Conn::open(addr);
+                    gate.wait();
+                    c.request("GET", "/whoami", &[("Authorization", &auth)], b"")
+                })
+            })
+            .collect();
+        for t in threads {
+            let r = t.join().unwrap();
+            assert_eq!(r.status, 200, "{}", r.text());
+            assert_eq!(named(&r), principal);
+        }
+        assert_eq!(
+            metric(metrics, "kcdproxy_kdc_s4u2self_total"),
+            1,
+            "{}",
+            realm.name
+        );
+        assert_eq!(
+            metric(metrics, "kcdproxy_kdc_s4u2proxy_total"),
+            1,
+            "{}",
+            realm.name
+        );
+        if !is_ad(lab, realm) {
+            let after = mit_s4u(lab, &principal);
+            assert_eq!((after.0, after.1), (before.0 + 1, before.1 + 1));
+        }
+    }
+}
+
+/// alice and carol alternate on the same keep-alive client connections (Basic names the user
+/// per request): every one of 2,000 answers names the user who asked.
+#[test]
+fn two_users_interleaved_on_keep_alive_connections_never_cross() {
+    let _s = serial();
+    let lab = setup();
+    let realm = &lab.ad;
+    let (p, metrics) = start_proxy(lab, realm, &[]);
+    let users = [
+        (basic(&lab.alice), lab.alice.principal(realm)),
+        (basic(&lab.carol), lab.carol.principal(realm)),
+    ];
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let (addr, users) = (p.http, users.clone());
+            std::thread::spawn(move || {
+                let mut c = Conn::open(addr);
+                let mut crossed = 0;
+                for i in 0..500 {
+                    let (auth, who) = &users[(i + t) % 2];
+                    let path = if i % 3 == 0 { "/echo/x" } else { "/whoami" };
+                    let r = c.request("GET", path, &[("Authorization", auth)], b"");
+                    assert_eq!(r.status, 200, "{}", r.text());
+                    if named(&r) != *who {
+                        crossed += 1;
+                    }
+                }
+                crossed
+            })
+        })
+        .collect();
+    let crossed: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(crossed, 0, "answers naming the other user");
+    assert_eq!(metric(metrics, "kcdproxy_kdc_s4u2self_total"), 2);
+}
+
+/// With `send-auth=401` the first request goes without a ticket; the backend's 401 is
+/// answered on the backend leg and the client sees only the 200.
+#[test]
+fn send_auth_401_answers_the_backend_challenge_itself() {
+    let _s = serial();
+    let lab = setup();
+    let realm = &lab.ad;
+    let (p, metrics) = start_proxy(lab, realm, &[]);
+    let text = curl_via(
+        &p,
+        "proxy.example.test",
+        "/echo/on401/x",
+        &["-u", &format!("alice:{}", lab.alice.password)],
+        &[],
+    );
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.contains(&format!("authenticated as {}", lab.alice.principal(realm))),
+        "{text}"
+    );
+    // The first try went without a ticket; the backend's 401 was answered by the retry.
+    let log = p.access_lines("/echo/on401/x", 1).join("\n");
+    assert!(log.contains("ticket=miss"), "{log}");
+    assert_eq!(
+        metric(metrics, "kcdproxy_responses_total{class=\"4xx\"}"),
+        0
+    );
+}
