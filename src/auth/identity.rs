@@ -7,6 +7,8 @@
 use std::fmt;
 use std::rc::Rc;
 
+use super::kerberos::DelegatedCred;
+
 /// How the client authenticated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AuthScheme {
@@ -34,18 +36,29 @@ impl AuthScheme {
     }
 }
 
-#[derive(Debug, PartialEq, Eq, Hash)]
 struct Inner {
     scheme: AuthScheme,
     /// The name as the client presented it (`EXAMPLE\alice`, `alice@example.test`).
     user: String,
     /// The Kerberos principal delegation acts as (`alice@EXAMPLE.TEST`).
     principal: String,
+    /// Kerberos clients: their own ticket, kept by the acceptor as S4U2Proxy evidence.
+    evidence: Option<DelegatedCred>,
 }
 
-/// An authenticated user: cheap to clone, per core.
-#[derive(Clone, PartialEq, Eq, Hash)]
+/// An authenticated user: cheap to clone, per core. Two identities are equal when scheme,
+/// name and principal are (the evidence ticket is how, not who).
+#[derive(Clone)]
 pub struct Identity(Rc<Inner>);
+
+impl PartialEq for Identity {
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (&self.0, &other.0);
+        a.scheme == b.scheme && a.user == b.user && a.principal == b.principal
+    }
+}
+
+impl Eq for Identity {}
 
 impl Identity {
     /// Only the auth module mints identities.
@@ -54,7 +67,24 @@ impl Identity {
             scheme,
             user,
             principal,
+            evidence: None,
         }))
+    }
+
+    /// A Kerberos client's identity, with its evidence ticket for S4U2Proxy (if the acceptor
+    /// kept one).
+    pub(in crate::auth) fn kerberos(principal: String, evidence: Option<DelegatedCred>) -> Self {
+        Identity(Rc::new(Inner {
+            scheme: AuthScheme::NegotiateKerberos,
+            user: principal.clone(),
+            principal,
+            evidence,
+        }))
+    }
+
+    /// The client's own ticket as S4U2Proxy evidence (Kerberos clients only, PROTOCOLS.md 12).
+    pub fn evidence(&self) -> Option<&DelegatedCred> {
+        self.0.evidence.as_ref()
     }
 
     pub fn scheme(&self) -> AuthScheme {

@@ -115,6 +115,10 @@ pub enum KerberosError {
     Gss(String),
     /// The blocking pool did not run the acceptance (full, timed out, worker gone).
     Pool(PoolError),
+    /// A Basic password the KDC refused (wrong, unknown user, disabled, expired).
+    Password(&'static str),
+    /// The KDC did not answer (unreachable, realm unknown): nothing was decided.
+    KdcUnreachable(String),
 }
 
 impl KerberosError {
@@ -136,6 +140,8 @@ impl KerberosError {
             KerberosError::Credential(_) => "krb_credential",
             KerberosError::Gss(_) => "krb_gss",
             KerberosError::Pool(p) => p.as_str(),
+            KerberosError::Password(why) => why,
+            KerberosError::KdcUnreachable(_) => "kdc_unreachable",
         }
     }
 
@@ -145,6 +151,7 @@ impl KerberosError {
         match self {
             KerberosError::ReplayCache(_) | KerberosError::Credential(_) => ErrorKind::Internal,
             KerberosError::Pool(p) => p.error_kind(),
+            KerberosError::KdcUnreachable(_) => ErrorKind::KdcUnavailable,
             _ => ErrorKind::Unauthenticated,
         }
     }
@@ -175,6 +182,10 @@ impl From<KerberosError> for crate::error::Error {
 /// MIT krb5 error-table offsets (`minor - ERROR_TABLE_BASE_krb5`); below 128 they are the
 /// KRB-ERROR numbers of RFC 4120 §7.5.9.
 mod krb5_code {
+    pub const KDC_ERR_C_PRINCIPAL_UNKNOWN: u32 = 6;
+    pub const KDC_ERR_CLIENT_REVOKED: u32 = 18;
+    pub const KDC_ERR_KEY_EXP: u32 = 23;
+    pub const KDC_ERR_PREAUTH_FAILED: u32 = 24;
     pub const AP_ERR_BAD_INTEGRITY: u32 = 31;
     pub const AP_ERR_TKT_EXPIRED: u32 = 32;
     pub const AP_ERR_TKT_NYV: u32 = 33;
@@ -189,13 +200,34 @@ mod krb5_code {
     pub const AP_ERR_NOKEY: u32 = 45;
     pub const AP_WRONG_PRINC: u32 = 144;
     /// KRB5_RC_TYPE_EXISTS ..= KRB5_RC_IO_SPACE
+    pub const REALM_UNKNOWN: u32 = 154;
+    pub const KDC_UNREACH: u32 = 156;
     pub const RC_FIRST: u32 = 159;
     pub const RC_REPLAY: u32 = 163;
     pub const RC_LAST: u32 = 172;
     pub const KT_NOTFOUND: u32 = 181;
     pub const KT_END: u32 = 182;
     pub const RC_REQUIRED: u32 = 215;
+    pub const REALM_CANT_RESOLVE: u32 = 220;
     pub const KT_KVNONOTFOUND: u32 = 230;
+}
+
+/// Maps a failed password login (`gss_acquire_cred_with_password`: an AS exchange).
+fn classify_login(s: GssStatus) -> KerberosError {
+    use krb5_code as k;
+    match s.krb5_code() {
+        Some(k::KDC_ERR_PREAUTH_FAILED | k::AP_ERR_BAD_INTEGRITY) => {
+            KerberosError::Password("basic_wrong_password")
+        }
+        Some(k::KDC_ERR_C_PRINCIPAL_UNKNOWN) => KerberosError::Password("basic_unknown_user"),
+        Some(k::KDC_ERR_CLIENT_REVOKED) => KerberosError::Password("basic_account_disabled"),
+        Some(k::KDC_ERR_KEY_EXP) => KerberosError::Password("basic_password_expired"),
+        Some(k::KDC_UNREACH | k::REALM_UNKNOWN | k::REALM_CANT_RESOLVE) => {
+            KerberosError::KdcUnreachable(s.to_string())
+        }
+        // Anything else (skew, policy, an encryption type mismatch): refuse, and say why.
+        _ => KerberosError::Password("basic_kdc_refused"),
+    }
 }
 
 /// MIT's ASN.1 error table (`ERROR_TABLE_BASE_asn1`): the AP-REQ inside did not decode.
@@ -566,6 +598,56 @@ impl KerberosAcceptor {
             Ok(result) => result,
             Err(e) => Err(KerberosError::Pool(e)),
         }
+    }
+}
+
+impl KerberosAcceptor {
+    /// Checks a Basic password with the KDC: logs `principal` in with `password` (an AS
+    /// exchange), then gets a ticket for the proxy's own `service` and accepts it with our
+    /// keytab. The second step is what makes the answer trustworthy: a forged KDC can hand
+    /// out a TGT for any password, but not a ticket sealed with our service key (the check
+    /// `krb5_verify_init_creds` makes). Returns the principal the ticket names. BLOCKING.
+    pub fn check_password(
+        &self,
+        principal: &str,
+        password: &str,
+        service: &str,
+    ) -> Result<String, KerberosError> {
+        let gss = |e: libgssapi::error::Error| GssStatus::from(e);
+        let name = Name::new(principal.as_bytes(), Some(GSS_NT_KRB5_PRINCIPAL))
+            .map_err(|_| KerberosError::Password("basic_bad_user_name"))?;
+        let mut mechs = OidSet::new();
+        mechs
+            .add(GSS_MECH_KRB5)
+            .map_err(|e| KerberosError::Gss(gss(e).to_string()))?;
+        let cred = Cred::acquire_with_password(
+            Some(&name),
+            password,
+            None,
+            CredUsage::Initiate,
+            Some(&mechs),
+        )
+        .map_err(|e| classify_login(gss(e)))?;
+        let target = Name::new(service.as_bytes(), Some(GSS_NT_KRB5_PRINCIPAL))
+            .map_err(|e| KerberosError::Credential(format!("{service}: {}", gss(e))))?;
+        let mut ctx = ClientCtx::new(
+            Some(cred),
+            target,
+            CtxFlags::GSS_C_MUTUAL_FLAG,
+            Some(GSS_MECH_KRB5),
+        );
+        let token = ctx
+            .step(None, None)
+            .map_err(|e| {
+                let s = gss(e);
+                match s.krb5_code() {
+                    Some(krb5_code::KDC_UNREACH) => KerberosError::KdcUnreachable(s.to_string()),
+                    _ => KerberosError::Credential(format!("ticket for {service}: {s}")),
+                }
+            })?
+            .ok_or(KerberosError::Malformed("the initiator produced no token"))?;
+        let accepted = self.accept(&token)?;
+        Ok(accepted.principal)
     }
 }
 

@@ -17,10 +17,16 @@
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 
+use std::sync::Arc;
+
 use super::identity::{AuthScheme, Identity, IdentityMap};
+use super::kerberos::{self, KerberosError};
+use super::ntlm::client::NtlmClient;
 use super::ntlm::spnego::{self, NegState, NtlmRoute, Wrapping};
-use super::ntlm::{ChallengeState, FileTime, LocalBackend, NtlmAcceptor, NtlmError};
+use super::ntlm::{ChallengeState, FileTime, LocalBackend, NtlmAcceptor, NtlmError, NtlmVerified};
+use super::services::{AuthServices, OffCore};
 use crate::config::route::Offer;
+use crate::config::BasicVerify;
 use crate::error::{Error, ErrorKind};
 
 /// What the connection knows about its client.
@@ -51,8 +57,8 @@ enum Via {
     NegotiateSpnego,
 }
 
-/// Proxy-wide authentication settings and verifiers (per core: the hash store is shared
-/// read-only).
+/// Proxy-wide authentication settings and verifiers, one per core (the hash store is a
+/// per-core copy; `services` is shared by all cores and does what may block).
 pub struct AuthCtx {
     pub ntlm: Option<NtlmAcceptor>,
     pub local: Option<LocalBackend>,
@@ -60,6 +66,7 @@ pub struct AuthCtx {
     pub basic_realm: String,
     /// Accept Basic on plain-HTTP listeners (the password would cross the network in clear).
     pub basic_over_http: bool,
+    pub services: Arc<AuthServices>,
 }
 
 /// The auth phase's answer for one request.
@@ -75,6 +82,10 @@ pub enum Verdict {
         www_authenticate: Vec<Vec<u8>>,
         error: Error,
     },
+    /// Nothing was decided about the client: the KDC or DC cannot answer now (503 with
+    /// `Retry-After`), or our own configuration is broken (500). Never a 401: a client told
+    /// its credentials failed would prompt the user for a password that was right.
+    Fail(Error),
 }
 
 fn challenge(
@@ -105,7 +116,9 @@ impl AuthCtx {
     }
 
     /// Runs the auth phase for one request. `authorization` is the request's header value.
-    pub fn authenticate(
+    /// Inline on the core except for checks that may block (Kerberos accept, winbind, Basic
+    /// against the KDC), which are awaited on the KDC pool.
+    pub async fn authenticate(
         &self,
         conn: &mut ConnAuth,
         offers: &[Offer],
@@ -142,26 +155,28 @@ impl AuthCtx {
                 *conn = ConnAuth::Anonymous;
                 return retry("NTLM token is not base64");
             };
-            return self.ntlm_step(conn, offers, tls, &raw, Via::Ntlm, None, None);
+            return self
+                .ntlm_step(conn, offers, tls, &raw, Via::Ntlm, None, None)
+                .await;
         }
         if scheme.eq_ignore_ascii_case(b"Negotiate") && offers.contains(&Offer::Negotiate) {
             let Some(raw) = decode_b64(token) else {
                 *conn = ConnAuth::Anonymous;
                 return retry("Negotiate token is not base64");
             };
-            return self.negotiate_step(conn, offers, tls, &raw);
+            return self.negotiate_step(conn, offers, tls, &raw).await;
         }
         if scheme.eq_ignore_ascii_case(b"Basic") && offers.contains(&Offer::Basic) {
             if !(tls || self.basic_over_http) {
                 return retry("Basic refused on a plain-HTTP listener");
             }
-            return self.basic(offers, tls, token);
+            return self.basic(offers, tls, token).await;
         }
         *conn = ConnAuth::Anonymous;
         retry("authorization scheme not offered on this route")
     }
 
-    fn negotiate_step(
+    async fn negotiate_step(
         &self,
         conn: &mut ConnAuth,
         offers: &[Offer],
@@ -175,6 +190,22 @@ impl AuthCtx {
                 why,
             )
         };
+        // Kerberos first: a SPNEGO token that leads with Kerberos and also lists NTLM is a
+        // Kerberos login when we can accept one (asking it to switch would downgrade it).
+        if self.services.has_kerberos() {
+            match kerberos::parse_token(raw) {
+                Ok(_) => return self.kerberos_step(conn, offers, tls, raw).await,
+                Err(KerberosError::NotKerberos) => {}
+                Err(e) => {
+                    *conn = ConnAuth::Anonymous;
+                    return challenge(
+                        self.initial_challenges(offers, tls),
+                        ErrorKind::Unauthenticated,
+                        e.as_str(),
+                    );
+                }
+            }
+        }
         let route = match spnego::route_ntlm(raw) {
             Ok(r) => r,
             Err(e) => {
@@ -203,6 +234,7 @@ impl AuthCtx {
                     _ => (None, None),
                 };
                 self.ntlm_step(conn, offers, tls, ntlm, via, mech_types, client_mic)
+                    .await
             }
             NtlmRoute::NtlmOffered if ntlm_ok => {
                 // The client lists NTLM but led with another mechanism's token: ask it to
@@ -239,8 +271,45 @@ impl AuthCtx {
         }
     }
 
+    /// One Kerberos round: the AP-REQ is accepted on the pool (keytab, replay cache shared by
+    /// all cores); success authenticates the connection and answers with the AP-REP.
+    async fn kerberos_step(
+        &self,
+        conn: &mut ConnAuth,
+        offers: &[Offer],
+        tls: bool,
+        raw: &[u8],
+    ) -> Verdict {
+        // Whatever happens, a new Authorization restarts authentication (MS-N2HT).
+        *conn = ConnAuth::Anonymous;
+        let mut accepted = match self.services.kerberos_accept(raw.to_vec()).await {
+            Ok(a) => a,
+            Err(OffCore::Unavailable(why)) => {
+                return Verdict::Fail(Error::new(ErrorKind::KdcUnavailable, why))
+            }
+            Err(OffCore::Refused(e)) if e.error_kind() == ErrorKind::Unauthenticated => {
+                return challenge(
+                    self.initial_challenges(offers, tls),
+                    ErrorKind::Unauthenticated,
+                    e.as_str(),
+                )
+            }
+            Err(OffCore::Refused(e)) => return Verdict::Fail(e.into()),
+        };
+        let mut headers: Vec<(&'static str, Vec<u8>)> = vec![("Persistent-Auth", b"true".to_vec())];
+        if let Some(token) = accepted.take_response_token() {
+            headers.push(("WWW-Authenticate", neg_header(&token)));
+        }
+        let id = Identity::kerberos(accepted.principal().to_string(), accepted.take_delegated());
+        *conn = ConnAuth::Authenticated(id.clone());
+        Verdict::Proceed {
+            identity: Some(id),
+            headers,
+        }
+    }
+
     #[allow(clippy::too_many_arguments)] // Reason: one step of a handshake, all its inputs named.
-    fn ntlm_step(
+    async fn ntlm_step(
         &self,
         conn: &mut ConnAuth,
         offers: &[Offer],
@@ -319,15 +388,12 @@ impl AuthCtx {
                         "NTLM handshake switched header scheme",
                     ));
                 }
-                let Some(local) = &self.local else {
-                    return retry(Error::new(
-                        ErrorKind::Unauthenticated,
-                        "no NTLM verification back end",
-                    ));
-                };
-                let verified = match acceptor.verify(state, msg, local, FileTime::now()) {
+                let verified = match self.ntlm_verify(acceptor, state, msg).await {
                     Ok(v) => v,
-                    Err(e) => return retry(ntlm_error(e)),
+                    Err(OffCore::Refused(e)) => return retry(ntlm_error(e)),
+                    Err(OffCore::Unavailable(why)) => {
+                        return Verdict::Fail(Error::new(ErrorKind::KdcUnavailable, why))
+                    }
                 };
                 let Some(principal) = self.map.principal(verified.user(), verified.domain()) else {
                     return retry(Error::new(
@@ -383,7 +449,38 @@ impl AuthCtx {
         }
     }
 
-    fn basic(&self, offers: &[Offer], tls: bool, token: &[u8]) -> Verdict {
+    /// Verifies an AUTHENTICATE: against the local hash file inline when it knows the user,
+    /// else through winbind on the pool.
+    async fn ntlm_verify(
+        &self,
+        acceptor: &NtlmAcceptor,
+        state: ChallengeState,
+        msg: &[u8],
+    ) -> Result<NtlmVerified, OffCore<NtlmError>> {
+        let pending = acceptor
+            .accept(state, msg, FileTime::now())
+            .map_err(OffCore::Refused)?;
+        let local = self
+            .local
+            .as_ref()
+            .filter(|l| l.store().lookup(pending.user(), pending.domain()).is_some());
+        match (local, self.services.has_winbind()) {
+            (None, true) => self.services.winbind_finish(pending).await,
+            // The hash file knows the user, or there is nothing else to ask (then the local
+            // back end answers "unknown user").
+            (local, _) => match local.or(self.local.as_ref()) {
+                Some(local) => {
+                    let verdict = super::ntlm::NtlmBackend::verify(local, &pending.request());
+                    pending.finish(verdict).map_err(OffCore::Refused)
+                }
+                None => Err(OffCore::Refused(NtlmError::BackendUnavailable(
+                    "no NTLM verification back end",
+                ))),
+            },
+        }
+    }
+
+    async fn basic(&self, offers: &[Offer], tls: bool, token: &[u8]) -> Verdict {
         let retry = |why: &'static str| {
             challenge(
                 self.initial_challenges(offers, tls),
@@ -400,30 +497,117 @@ impl AuthCtx {
         let Some((login, password)) = text.split_once(':') else {
             return retry("Basic credentials without ':'");
         };
+        if login.is_empty() || password.is_empty() {
+            return retry("Basic credentials with an empty user or password");
+        }
         let (domain, user) = match login.split_once('\\') {
             Some((d, u)) => (d, u),
             None => ("", login),
         };
-        let Some(store) = self.local.as_ref().map(LocalBackend::store) else {
-            return retry("Basic is not configured (no --ntlm-hash-file)");
-        };
-        if !store
-            .lookup(user, domain)
-            .is_some_and(|e| e.matches_password(password))
-        {
-            return retry("basic_wrong_password");
-        }
         let Some(principal) = self.map.principal(user, domain) else {
             return retry("no realm for the user's domain (--realm)");
         };
-        Verdict::Proceed {
+        let proceed = |principal: String| Verdict::Proceed {
             identity: Some(Identity::new(
                 AuthScheme::Basic,
                 login.to_string(),
                 principal,
             )),
             headers: Vec::new(),
+        };
+        let how = self.services.basic_verify();
+        if how == BasicVerify::Local {
+            let Some(store) = self.local.as_ref().map(LocalBackend::store) else {
+                return retry("Basic is not configured (no --ntlm-hash-file)");
+            };
+            if !store
+                .lookup(user, domain)
+                .is_some_and(|e| e.matches_password(password))
+            {
+                return retry("basic_wrong_password");
+            }
+            return proceed(principal);
         }
+        // Winbind and the KDC cost a pool round trip and a DC/KDC exchange: remember success.
+        let cache = self.services.basic_cache();
+        if let Some(hit) = cache.get(login, password) {
+            return proceed(hit.principal);
+        }
+        let checked = match how {
+            BasicVerify::Winbind => self.basic_winbind(user, domain, password).await,
+            _ => {
+                match self
+                    .services
+                    .basic_kdc(principal.clone(), password.to_string())
+                    .await
+                {
+                    Ok(p) => Ok(p),
+                    Err(OffCore::Refused(e)) if e.error_kind() == ErrorKind::Unauthenticated => {
+                        Err(OffCore::Refused(Error::new(
+                            ErrorKind::Unauthenticated,
+                            e.as_str(),
+                        )))
+                    }
+                    Err(OffCore::Refused(e)) => Err(OffCore::Refused(e.into())),
+                    Err(OffCore::Unavailable(why)) => Err(OffCore::Unavailable(why)),
+                }
+            }
+        };
+        match checked {
+            Ok(p) => {
+                cache.put(login, password, &p);
+                proceed(p)
+            }
+            Err(OffCore::Refused(e)) if e.kind == ErrorKind::Unauthenticated => {
+                Verdict::Challenge {
+                    www_authenticate: self.initial_challenges(offers, tls),
+                    error: e,
+                }
+            }
+            Err(OffCore::Refused(e)) => Verdict::Fail(e),
+            Err(OffCore::Unavailable(why)) => {
+                Verdict::Fail(Error::new(ErrorKind::KdcUnavailable, why))
+            }
+        }
+    }
+
+    /// Basic through winbind: winbind checks challenge/response pairs, not passwords, so the
+    /// proxy plays both sides of an NTLMv2 exchange (our challenge, a response computed from
+    /// the password) and lets the DC judge the response, then checks the MIC itself.
+    async fn basic_winbind(
+        &self,
+        user: &str,
+        domain: &str,
+        password: &str,
+    ) -> Result<String, OffCore<Error>> {
+        let refused = |e: NtlmError| OffCore::Refused(ntlm_error(e));
+        let Some(acceptor) = &self.ntlm else {
+            return Err(refused(NtlmError::BackendUnavailable("no NTLM acceptor")));
+        };
+        let client = NtlmClient::new(user, domain, password);
+        let negotiate = client.negotiate();
+        let state = acceptor
+            .challenge(&negotiate, FileTime::now())
+            .map_err(refused)?;
+        let auth = client
+            .authenticate(&negotiate, state.message())
+            .map_err(|why| refused(NtlmError::Malformed(why)))?;
+        let pending = acceptor
+            .accept(state, &auth.message, FileTime::now())
+            .map_err(refused)?;
+        let verified = match self.services.winbind_finish(pending).await {
+            Ok(v) => v,
+            Err(OffCore::Refused(e)) => return Err(refused(e)),
+            Err(OffCore::Unavailable(why)) => return Err(OffCore::Unavailable(why)),
+        };
+        self.map
+            .principal(verified.user(), verified.domain())
+            .ok_or_else(|| {
+                OffCore::Refused(Error::new(
+                    ErrorKind::Unauthenticated,
+                    "no realm for the user's domain (--realm)",
+                ))
+            })
     }
 }
 

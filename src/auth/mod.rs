@@ -6,6 +6,8 @@ pub mod identity;
 pub mod kerberos;
 pub mod machine;
 pub mod ntlm;
+pub mod services;
 
 pub use identity::{AuthScheme, Identity, IdentityMap};
 pub use machine::{AuthCtx, ConnAuth, Verdict};
+pub use services::AuthServices;

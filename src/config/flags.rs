@@ -163,6 +163,88 @@ pub struct Flags {
     #[arg(long = "identity-header", value_name = "NAME")]
     pub identity_header: Option<String>,
 
+    /// Verify NTLM (and Basic) against the domain through winbind (`ntlm_auth` from PATH, on a
+    /// domain member or DC). Checks run on the KDC pool, one helper per pool thread.
+    #[arg(long = "winbind")]
+    pub winbind: bool,
+
+    /// The `ntlm_auth` command line for --winbind, split on spaces (e.g. a wrapper, or
+    /// `ntlm_auth --require-membership-of=EXAMPLE\\webusers`). Implies --winbind.
+    #[arg(long = "winbind-command", value_name = "COMMAND")]
+    pub winbind_command: Option<String>,
+
+    /// The proxy's keytab: turns on Kerberos (Negotiate) for clients and, with
+    /// --kerberos-login, constrained delegation to backends (route option spn=).
+    #[arg(long = "keytab", value_name = "PATH")]
+    pub keytab: Option<PathBuf>,
+
+    /// The principal the proxy logs in as from --keytab for delegation, e.g.
+    /// svc-proxy@EXAMPLE.TEST on AD (whose KDC refuses an SPN as a login name).
+    #[arg(long = "kerberos-login", value_name = "PRINCIPAL")]
+    pub kerberos_login: Option<String>,
+
+    /// The proxy's own service principal (HTTP/proxy.example.com[@REALM]). Basic checked by
+    /// the KDC gets a ticket for it and verifies that ticket with --keytab. Default: the
+    /// --kerberos-login principal.
+    #[arg(long = "kerberos-spn", value_name = "PRINCIPAL")]
+    pub kerberos_spn: Option<String>,
+
+    /// Replay cache for clients' Kerberos tickets, shared by all workers (MIT syntax, e.g.
+    /// file2:/var/lib/kcdproxy/rcache2). Default: MIT's ($KRB5RCACHENAME, $KRB5RCACHEDIR).
+    #[arg(long = "kerberos-rcache", value_name = "NAME")]
+    pub kerberos_rcache: Option<String>,
+
+    /// Threads of the KDC pool, where every call that may block runs (KDC, GSS-API, winbind).
+    /// Also the most KDC requests in flight at once: keep it small (MIT's KDC backlog is 5).
+    #[arg(long = "kdc-threads", value_name = "N", default_value_t = 4)]
+    pub kdc_threads: usize,
+
+    /// Calls that may wait for a KDC pool thread; beyond it requests get 503 at once.
+    #[arg(long = "kdc-queue", value_name = "N", default_value_t = 64)]
+    pub kdc_queue: usize,
+
+    /// Deadline of every KDC-bound call (queueing included); past it the request gets 503
+    /// with Retry-After. MIT krb5 1.20 has no deadline of its own.
+    #[arg(long = "kdc-timeout", value_name = "DURATION", default_value = "5s")]
+    pub kdc_timeout: String,
+
+    /// How Basic passwords are checked: `auto` (the NT-hash file, else winbind, else the KDC),
+    /// `local`, `winbind` or `kdc` (an initial ticket, then a ticket for the proxy itself
+    /// checked against --keytab, so a forged KDC cannot vouch for a password).
+    #[arg(long = "basic-verify", value_name = "HOW", default_value = "auto")]
+    pub basic_verify: String,
+
+    /// How long a Basic login checked by winbind or the KDC is remembered (under a salted
+    /// hash of the password, never the password); 0 turns the cache off.
+    #[arg(
+        long = "basic-cache-ttl",
+        value_name = "DURATION",
+        default_value = "60s"
+    )]
+    pub basic_cache_ttl: String,
+
+    /// Most (user, SPN) delegated tickets cached, over all workers.
+    #[arg(long = "ticket-cache-size", value_name = "N", default_value_t = 10000)]
+    pub ticket_cache_size: usize,
+
+    /// Renew a cached delegated ticket this long before it expires, so that active users
+    /// never wait on the KDC.
+    #[arg(
+        long = "ticket-refresh-ahead",
+        value_name = "DURATION",
+        default_value = "5m"
+    )]
+    pub ticket_refresh_ahead: String,
+
+    /// How long a KDC refusal (sensitive user, SPN not allowed) is remembered per user and SPN
+    /// before the KDC is asked again.
+    #[arg(
+        long = "kdc-negative-ttl",
+        value_name = "DURATION",
+        default_value = "30s"
+    )]
+    pub kdc_negative_ttl: String,
+
     /// Access log destination: a file path, `stdout`, `stderr`, or `off`.
     #[arg(long = "access-log", value_name = "DEST", default_value = "stdout")]
     pub access_log: String,

@@ -59,6 +59,59 @@ pub struct AuthConfig {
     pub basic_over_http: bool,
     /// Lower-case header name.
     pub identity_header: Option<String>,
+    /// The `ntlm_auth` argv when NTLM is verified through winbind.
+    pub winbind: Option<Vec<String>>,
+    pub basic_verify: BasicVerify,
+    /// Zero: no cache.
+    pub basic_cache_ttl: Duration,
+    pub kerberos: Option<KerberosConfig>,
+    pub kdc: KdcConfig,
+}
+
+/// Where Basic passwords are checked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BasicVerify {
+    /// The NT-hash file if given, else winbind, else the KDC.
+    #[default]
+    Auto,
+    Local,
+    Winbind,
+    Kdc,
+}
+
+/// The proxy's own Kerberos identity.
+#[derive(Clone, Debug)]
+pub struct KerberosConfig {
+    pub keytab: PathBuf,
+    /// The login principal for delegation; `None`: accept clients' tickets only.
+    pub login: Option<String>,
+    /// The proxy's own service principal (for checking Basic passwords with the KDC).
+    pub spn: Option<String>,
+    pub rcache: Option<String>,
+}
+
+/// The KDC pool and the delegated-ticket cache.
+#[derive(Clone, Debug)]
+pub struct KdcConfig {
+    pub threads: usize,
+    pub queue: usize,
+    pub timeout: Duration,
+    pub ticket_cache_size: usize,
+    pub refresh_ahead: Duration,
+    pub negative_ttl: Duration,
+}
+
+impl Default for KdcConfig {
+    fn default() -> Self {
+        KdcConfig {
+            threads: 4,
+            queue: 64,
+            timeout: Duration::from_secs(5),
+            ticket_cache_size: 10_000,
+            refresh_ahead: Duration::from_secs(300),
+            negative_ttl: Duration::from_secs(30),
+        }
+    }
 }
 
 /// The validated configuration every worker reads (shared read-only).
@@ -275,34 +328,123 @@ fn auth_config(f: &Flags, routes: &[Route], errs: &mut Vec<String>) -> AuthConfi
             errs.push(format!("--ntlm-hash-file `{}`: {e}", p.display()));
         }
     }
-    for r in routes {
-        let offers = r
-            .options
-            .auth
-            .iter()
-            .chain(r.options.auth_ua.iter().flat_map(|(_, o)| o));
-        for o in offers {
-            match o {
-                Offer::Ntlm | Offer::Basic if f.ntlm_hash_file.is_none() => errs.push(format!(
-                    "route `{}` offers {o:?} but no verifier is configured: give --ntlm-hash-file",
-                    r.spec
-                )),
-                _ => {}
+    let winbind = match (&f.winbind_command, f.winbind) {
+        (Some(cmd), _) => {
+            let argv: Vec<String> = cmd.split_whitespace().map(str::to_string).collect();
+            if argv.is_empty() {
+                errs.push("--winbind-command is empty".into());
             }
+            Some(argv)
         }
-        let all: Vec<_> = r
+        (None, true) => Some(vec!["ntlm_auth".to_string()]),
+        (None, false) => None,
+    };
+    let kerberos = match (&f.keytab, &f.kerberos_login) {
+        (Some(keytab), login) => {
+            if let Err(e) = std::fs::metadata(keytab) {
+                errs.push(format!("--keytab `{}`: {e}", keytab.display()));
+            }
+            Some(KerberosConfig {
+                keytab: keytab.clone(),
+                login: login.clone(),
+                spn: f.kerberos_spn.clone().or_else(|| login.clone()),
+                rcache: f.kerberos_rcache.clone(),
+            })
+        }
+        (None, Some(_)) => {
+            errs.push("--kerberos-login needs --keytab (the keys it logs in with)".into());
+            None
+        }
+        (None, None) => None,
+    };
+    let local = f.ntlm_hash_file.is_some();
+    let basic_verify = match f.basic_verify.as_str() {
+        "auto" => BasicVerify::Auto,
+        "local" => BasicVerify::Local,
+        "winbind" => BasicVerify::Winbind,
+        "kdc" => BasicVerify::Kdc,
+        other => {
+            errs.push(format!(
+                "--basic-verify `{other}`: expected auto, local, winbind or kdc"
+            ));
+            BasicVerify::Auto
+        }
+    };
+    let basic_ok = match basic_verify {
+        BasicVerify::Auto => {
+            local || winbind.is_some() || kerberos.as_ref().is_some_and(|k| k.spn.is_some())
+        }
+        BasicVerify::Local => local,
+        BasicVerify::Winbind => winbind.is_some(),
+        BasicVerify::Kdc => kerberos.as_ref().is_some_and(|k| k.spn.is_some()),
+    };
+    let ntlm_ok = local || winbind.is_some();
+    let mut delegating = false;
+    for r in routes {
+        let offers: Vec<Offer> = r
             .options
             .auth
             .iter()
             .chain(r.options.auth_ua.iter().flat_map(|(_, o)| o))
+            .copied()
             .collect();
-        if all.contains(&&Offer::Negotiate) && !all.contains(&&Offer::Ntlm) {
+        if offers.contains(&Offer::Ntlm) && !ntlm_ok {
             errs.push(format!(
-                "route `{}` offers Negotiate without NTLM: Kerberos acceptance (--keytab) is not \
-                 available in this build yet, so Negotiate can only carry NTLM; add ntlm to auth=",
+                "route `{}` offers NTLM but no verifier is configured: give --ntlm-hash-file \
+                 or --winbind",
                 r.spec
             ));
         }
+        if offers.contains(&Offer::Basic) && !basic_ok {
+            errs.push(format!(
+                "route `{}` offers Basic but --basic-verify {} has nothing to check against \
+                 (--ntlm-hash-file, --winbind, or --keytab with --kerberos-login/--kerberos-spn)",
+                r.spec, f.basic_verify
+            ));
+        }
+        if offers.contains(&Offer::Negotiate)
+            && kerberos.is_none()
+            && !offers.contains(&Offer::Ntlm)
+        {
+            errs.push(format!(
+                "route `{}` offers Negotiate without --keytab: Negotiate could then only carry \
+                 NTLM, so give --keytab or add ntlm to auth=",
+                r.spec
+            ));
+        }
+        delegating |= r.options.spn.is_some();
+    }
+    if delegating && !kerberos.as_ref().is_some_and(|k| k.login.is_some()) {
+        errs.push(
+            "routes with spn= delegate: give --keytab and --kerberos-login (the proxy's \
+             account, allowed to delegate to those SPNs)"
+                .into(),
+        );
+    }
+    let mut dur = |name: &str, v: &str| match parse_duration(v) {
+        Ok(d) => d,
+        Err(e) => {
+            errs.push(format!("--{name} `{v}`: {e}"));
+            Duration::ZERO
+        }
+    };
+    let kdc = KdcConfig {
+        threads: f.kdc_threads,
+        queue: f.kdc_queue,
+        timeout: dur("kdc-timeout", &f.kdc_timeout),
+        ticket_cache_size: f.ticket_cache_size,
+        refresh_ahead: dur("ticket-refresh-ahead", &f.ticket_refresh_ahead),
+        negative_ttl: dur("kdc-negative-ttl", &f.kdc_negative_ttl),
+    };
+    let basic_cache_ttl = dur("basic-cache-ttl", &f.basic_cache_ttl);
+    if kdc.threads == 0 || kdc.threads > 256 {
+        errs.push("--kdc-threads must be between 1 and 256".into());
+    }
+    if kdc.timeout.is_zero() {
+        errs.push("--kdc-timeout must be more than 0".into());
+    }
+    if kdc.ticket_cache_size == 0 {
+        errs.push("--ticket-cache-size must be at least 1".into());
     }
     let ntlm_domain = f
         .ntlm_domain
@@ -340,6 +482,11 @@ fn auth_config(f: &Flags, routes: &[Route], errs: &mut Vec<String>) -> AuthConfi
         basic_realm: f.basic_realm.clone(),
         basic_over_http: f.basic_over_http,
         identity_header,
+        winbind,
+        basic_verify,
+        basic_cache_ttl,
+        kerberos,
+        kdc,
     }
 }
 

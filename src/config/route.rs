@@ -69,6 +69,28 @@ pub struct RouteOptions {
     /// per-rule fix ISA Server could only make system-wide: clients that break when offered
     /// Negotiate and NTLM together get NTLM alone, browsers on the same route keep Negotiate.
     pub auth_ua: Vec<(String, Vec<Offer>)>,
+    /// Kerberos constrained delegation (`spn=HTTP/backend.example.test[@REALM]`): the backend's
+    /// service principal. Set: the proxy reaches the backend *as the user* with a ticket for
+    /// this SPN (S4U2Self + S4U2Proxy, or S4U2Proxy with a Kerberos client's own ticket).
+    pub spn: Option<String>,
+    /// When the delegated ticket is sent (`send-auth=first|401`, F5 APM's
+    /// `send-authorization always|401`).
+    pub send_auth: SendAuth,
+    /// Put the backend certificate's `tls-server-end-point` channel binding (RFC 5929) into
+    /// the AP-REQ (`channel-binding=tls-server-end-point`; Exchange Extended Protection).
+    pub channel_binding: bool,
+}
+
+/// When a delegating route sends the user's ticket to the backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SendAuth {
+    /// With the first request on each backend connection (what Entra App Proxy does): one
+    /// round trip fewer, the backend never sees the user unauthenticated.
+    #[default]
+    First,
+    /// Only after the backend answered 401 with `Negotiate`: backends that serve some paths
+    /// anonymously never get a ticket for them.
+    On401,
 }
 
 impl RouteOptions {
@@ -169,9 +191,37 @@ pub fn parse_route(spec: &str) -> Result<Route, String> {
                         .auth_ua
                         .push((needle.to_string(), parse_offers(spec, schemes)?));
                 }
+                ("spn", v) => {
+                    let ok = v.contains('/')
+                        && !v.starts_with('/')
+                        && v.bytes()
+                            .all(|b| b.is_ascii_graphic() && b != b',' && b != b';');
+                    if !ok {
+                        return Err(format!(
+                            "route `{spec}`: spn `{v}` is not a service principal like \
+                             HTTP/backend.example.com"
+                        ));
+                    }
+                    options.spn = Some(v.to_string());
+                }
+                ("send-auth", "first") => options.send_auth = SendAuth::First,
+                ("send-auth", "401") => options.send_auth = SendAuth::On401,
+                ("channel-binding", "tls-server-end-point") => options.channel_binding = true,
+                ("channel-binding", "none") => options.channel_binding = false,
                 (k, v) => return Err(format!("route `{spec}`: unknown option `{k}={v}`")),
             }
         }
+    }
+    if options.spn.is_none() && (options.channel_binding || options.send_auth != SendAuth::First) {
+        return Err(format!(
+            "route `{spec}`: send-auth and channel-binding need spn= (delegation)"
+        ));
+    }
+    if options.spn.is_some() && options.auth.is_empty() {
+        return Err(format!(
+            "route `{spec}`: spn= delegates as the user, so the route needs auth= to know who \
+             the user is"
+        ));
     }
     Ok(Route {
         host,
@@ -385,6 +435,30 @@ mod tests {
         assert!(parse_route("/=http://127.0.0.1:1;auth-ua=x").is_err());
         let anon = parse_route("/=http://127.0.0.1:1").unwrap();
         assert!(anon.options.offers_for(Some(b"x")).is_empty());
+    }
+
+    #[test]
+    fn delegation_options() {
+        let r = parse_route(
+            "/ews=https://10.0.0.5;auth=ntlm;spn=HTTP/mail.corp.example;send-auth=401;\
+             channel-binding=tls-server-end-point",
+        )
+        .unwrap();
+        assert_eq!(r.options.spn.as_deref(), Some("HTTP/mail.corp.example"));
+        assert_eq!(r.options.send_auth, SendAuth::On401);
+        assert!(r.options.channel_binding);
+        let d = parse_route("/=http://127.0.0.1:1;auth=basic;spn=HTTP/b@R.TEST").unwrap();
+        assert_eq!(d.options.send_auth, SendAuth::First);
+        assert!(!d.options.channel_binding);
+        for bad in [
+            "/=http://127.0.0.1:1;auth=basic;spn=backend",
+            "/=http://127.0.0.1:1;auth=basic;spn=/x",
+            "/=http://127.0.0.1:1;auth=basic;spn=HTTP/x;send-auth=never",
+            "/=http://127.0.0.1:1;spn=HTTP/x",
+            "/=http://127.0.0.1:1;auth=basic;send-auth=401",
+        ] {
+            assert!(parse_route(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

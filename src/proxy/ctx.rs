@@ -10,9 +10,10 @@ use tokio::sync::Notify;
 
 use crate::accesslog::AccessLog;
 use crate::auth::ntlm::{LocalBackend, NtHashStore, NtlmAcceptor, NtlmConfig, VerifyPolicy};
-use crate::auth::{AuthCtx, IdentityMap};
+use crate::auth::{AuthCtx, AuthServices, IdentityMap};
 use crate::config::{Backend, Config};
 use crate::http1::Limits;
+use crate::kcd::BlockingPool;
 use crate::upstream::Pool;
 
 /// Immutable configuration shared by all workers, built once at start-up.
@@ -22,6 +23,11 @@ pub struct Shared {
     pub tls_client: Option<Arc<rustls::ClientConfig>>,
     /// The local NT-hash store, loaded once; each worker keeps its own copy.
     pub nt_hashes: Option<NtHashStore>,
+    /// Kerberos acceptor, winbind, Basic cache: shared by all workers.
+    pub auth_services: Arc<AuthServices>,
+    /// Where every call that may block runs (KDC, GSS-API, winbind); `None` when nothing
+    /// configured needs one.
+    pub kdc_pool: Option<Arc<BlockingPool>>,
 }
 
 impl Shared {
@@ -53,6 +59,7 @@ impl Shared {
             },
             basic_realm: a.basic_realm.clone(),
             basic_over_http: a.basic_over_http,
+            services: Arc::clone(&self.auth_services),
         }
     }
 }

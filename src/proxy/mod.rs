@@ -383,15 +383,14 @@ async fn exchange(
     })?;
     let route_opts = &cfg.routes.get(route).options;
 
-    // ---- authenticate (inline: NTLM and Basic against the local store cost microseconds) ----
+    // ---- authenticate: inline on the core (NTLM and Basic against the local store cost
+    // microseconds); Kerberos, winbind and Basic via the KDC are awaited on the KDC pool ----
     let offers = route_opts.offers_for(head.header(&c.buf, "user-agent"));
     let mut resp_headers = Vec::new();
     if !offers.is_empty() {
         let authz = head.header(&c.buf, "authorization");
-        match ctx
-            .auth
-            .authenticate(&mut c.auth, offers, authz, c.stream.is_tls())
-        {
+        let tls = c.stream.is_tls();
+        match ctx.auth.authenticate(&mut c.auth, offers, authz, tls).await {
             Verdict::Proceed { identity, headers } => {
                 rl.identity = identity;
                 resp_headers = headers;
@@ -403,6 +402,8 @@ async fn exchange(
                 rl.auth_note = Some(error);
                 return refuse_401(c, ctx, head, &meta, www_authenticate, p).await;
             }
+            // 503 (KDC or DC down, pool full) or 500: the client's credentials were not judged.
+            Verdict::Fail(error) => return Err((error, bodyless)),
         }
     }
 

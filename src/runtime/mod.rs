@@ -14,7 +14,9 @@ use tokio::sync::watch;
 
 use crate::accesslog::Sink;
 use crate::auth::ntlm::{NtHashStore, NtlmAcceptor, VerifyPolicy};
+use crate::auth::AuthServices;
 use crate::config::{Config, Scheme};
+use crate::kcd::BlockingPool;
 use crate::net::listener::bind_reuseport;
 use crate::proxy::ctx::Shared;
 use crate::tls;
@@ -119,17 +121,35 @@ pub fn prepare(cfg: Config) -> Result<Shared, Vec<String>> {
     if !errs.is_empty() {
         return Err(errs);
     }
-    let shared = Shared {
+    let a = &cfg.auth;
+    let kdc_pool = if a.kerberos.is_some() || a.winbind.is_some() {
+        match BlockingPool::new(a.kdc.threads, a.kdc.queue) {
+            Ok(p) => Some(Arc::new(p)),
+            Err(e) => return Err(vec![format!("KDC pool threads: {e}")]),
+        }
+    } else {
+        None
+    };
+    let mut shared = Shared {
         cfg,
         tls_server,
         tls_client,
         nt_hashes,
+        auth_services: Arc::new(AuthServices::none()),
+        kdc_pool,
     };
-    if let Err(e) = NtlmAcceptor::new(&shared.ntlm_config(), VerifyPolicy::default()) {
+    let ntlm_config = shared.ntlm_config();
+    if let Err(e) = NtlmAcceptor::new(&ntlm_config, VerifyPolicy::default()) {
         return Err(vec![format!(
             "NTLM names (--ntlm-domain/--ntlm-computer/--dns-domain): {e}"
         )]);
     }
+    // Blocking (keytab, the proxy's TGT, winbind helpers): fine here, before any core runs.
+    shared.auth_services = Arc::new(AuthServices::new(
+        &shared.cfg,
+        &ntlm_config,
+        shared.kdc_pool.clone(),
+    )?);
     Ok(shared)
 }
 
