@@ -35,7 +35,8 @@ usage: perf/deleg.sh [options]        (or perf/run.sh --scenario deleg [options]
   --cold N           never-seen users timed one by one (env PERF_COLD_USERS, default 20; 0 skips)
   --delete-users     remove the perfload*/perfcold* users from the lab's AD and exit
 env: PROXY_CPU (0), LOAD_CPU (1), KCDPROXY_BIN, CARGO_TARGET_DIR, KCDPROXY_START_TIMEOUT (5 s),
-     KCD_LAB_DIR (the lab's state directory)
+     KCD_LAB_DIR (the lab's state directory), PERF_GW_KRB5_TRACE (a file www-data may write:
+     MIT krb5 trace of the Apache gateway, to count its KDC exchanges)
 EOF
 }
 
@@ -321,10 +322,13 @@ up() {
     fi
     sleep 0.1
   done
-  code=$(curl -sS -o "$TMP/$name.first" -w '%{http_code}' --max-time 15 -u "$FIRST_USER" \
+  code=$(curl -sS -o /dev/null -D "$TMP/$name.head" -w '%{http_code}' --max-time 15 -u "$FIRST_USER" \
     "http://127.0.0.1:${PORT[$name]}${PATH_OF[$name]}" 2>>"$TMP/$name.curl.log" || true)
   if [ "$code" != 200 ]; then
-    STATE[$name]="unavailable: first request answered ${code:-nothing} ($(head -c 100 "$TMP/$name.first" 2>/dev/null | tr -d '\n"'))"
+    # Whose answer it was (the proxy's own, or the backend's passed through) says most.
+    local server
+    server=$(tr -d '\r"' < "$TMP/$name.head" 2>/dev/null | sed -n 's/^[Ss]erver: *//p' | head -1)
+    STATE[$name]="unavailable: first request of ${FIRST_USER%%:*} answered ${code:-nothing}${server:+ from $server}"
     log "$name: ${STATE[$name]}"; return 0
   fi
   STATE[$name]=ok
@@ -351,7 +355,7 @@ for t in $TARGETS; do
       ;;
     apache-gw)
       start "$t" "$TMP/$t.log" "$PROXY_CPU" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
-        KRB5_CONFIG="$KRB5_CONFIG" KRB5RCACHEDIR="$GW/rcache" \
+        KRB5_CONFIG="$KRB5_CONFIG" KRB5RCACHEDIR="$GW/rcache" ${PERF_GW_KRB5_TRACE:+KRB5_TRACE="$PERF_GW_KRB5_TRACE"} \
         apache2 -d "$GW" -f "$GW/httpd.conf" -DFOREGROUND
       up "$t" 15 "$GW/error.log"
       [ "${STATE[$t]}" = ok ] || { tail -5 "$GW/error.log" "$TMP/$t.log" 2>/dev/null | sed 's/^/    /' >&2; }

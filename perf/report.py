@@ -212,7 +212,7 @@ def deleg_report(raw, lines, env, end):
     p("")
     p(
         "| scenario | target | req/s | ×plain | p50 µs | p99 µs | CPU µs/req | CPU % "
-        "| KDC CPU µs/req | backend CPU µs/req | errors | noise % |"
+        "| DC (KDC) CPU µs/req | backend CPU µs/req | errors | noise % |"
     )
     p("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     groups = {}
