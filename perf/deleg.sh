@@ -6,6 +6,7 @@
 #   kcdproxy-plain  kcdproxy without auth or delegation → backend /public/hello.txt (the ceiling)
 #   kcdproxy-kcd    kcdproxy: Basic checked against an NT-hash file, KCD (S4U2Self + S4U2Proxy)
 #                   to HTTP/backend.example.test → backend /whoami (Negotiate, 3-byte body)
+#   kcdproxy-kcd-ntlm  the same with NTLM (a handshake per client connection) instead of Basic
 #   apache-gw       Apache + mod_auth_gssapi (GssapiBasicAuth, GssapiUseS4U2Proxy) and a mod_wsgi
 #                   app that calls /whoami with the delegated ccache, reusing a backend connection
 #                   per user: the competitor
@@ -29,7 +30,7 @@ usage: perf/deleg.sh [options]        (or perf/run.sh --scenario deleg [options]
   --rounds N         alternations per scenario; the median round is shown (env PERF_ROUNDS, 1)
   --conns LIST       connection counts, e.g. "16 64"      (env PERF_CONNS, default 16)
   --scenarios LIST   of: keepalive newconn                (env PERF_DELEG_SCENARIOS)
-  --targets LIST     of: kcdproxy-plain kcdproxy-kcd apache-gw (env PERF_TARGETS)
+  --targets LIST     of: kcdproxy-plain kcdproxy-kcd kcdproxy-kcd-ntlm apache-gw (env PERF_TARGETS)
   --users N          load users perfload001… (env PERF_USERS, default 100)
   --per-conn N       requests per connection in deleg-newconn (env PERF_PER_CONN, default 1)
   --cold N           never-seen users timed one by one (env PERF_COLD_USERS, default 20; 0 skips)
@@ -46,7 +47,7 @@ WARMUP=${PERF_WARMUP:-1}
 ROUNDS=${PERF_ROUNDS:-1}
 CONNS=${PERF_CONNS:-16}
 SCENARIOS=${PERF_DELEG_SCENARIOS:-"keepalive newconn"}
-TARGETS=${PERF_TARGETS:-"kcdproxy-plain kcdproxy-kcd apache-gw"}
+TARGETS=${PERF_TARGETS:-"kcdproxy-plain kcdproxy-kcd kcdproxy-kcd-ntlm apache-gw"}
 USERS=${PERF_USERS:-100}
 PER_CONN=${PERF_PER_CONN:-1}
 COLD=${PERF_COLD_USERS:-20}
@@ -89,7 +90,7 @@ check_list() { # NAME ALLOWED VALUES...
   done
 }
 check_list --scenarios "keepalive newconn" $SCENARIOS
-check_list --targets "kcdproxy-plain kcdproxy-kcd apache-gw" $TARGETS
+check_list --targets "kcdproxy-plain kcdproxy-kcd kcdproxy-kcd-ntlm apache-gw" $TARGETS
 for v in $CONNS $ROUNDS $USERS $PER_CONN $COLD; do
   [[ "$v" =~ ^[0-9]+$ ]] || { echo "deleg.sh: '$v' is not a whole number" >&2; exit 2; }
 done
@@ -193,14 +194,19 @@ chmod 600 "$TMP/users" "$HASHES"
 FIRST_USER=$(head -1 "$TMP/users")
 
 # ---- ports ------------------------------------------------------------------------------------
-read -r P_PLAIN P_KCD P_GW < <(
+read -r P_PLAIN P_KCD P_KCDN P_GW < <(
   python3 -c 'import socket
-ss = [socket.socket() for _ in range(3)]
+ss = [socket.socket() for _ in range(4)]
 for s in ss: s.bind(("127.0.0.1", 0))
 print(" ".join(str(s.getsockname()[1]) for s in ss))')
 BACKEND=$KCD_LAB_BACKEND_HTTP   # 127.0.0.1:PORT
-declare -A PORT=([kcdproxy-plain]=$P_PLAIN [kcdproxy-kcd]=$P_KCD [apache-gw]=$P_GW)
-declare -A PATH_OF=([kcdproxy-plain]=/public/hello.txt [kcdproxy-kcd]=/whoami [apache-gw]=/whoami)
+declare -A PORT=([kcdproxy-plain]=$P_PLAIN [kcdproxy-kcd]=$P_KCD [kcdproxy-kcd-ntlm]=$P_KCDN [apache-gw]=$P_GW)
+declare -A PATH_OF=([kcdproxy-plain]=/public/hello.txt [kcdproxy-kcd]=/whoami [kcdproxy-kcd-ntlm]=/whoami [apache-gw]=/whoami)
+# How the load authenticates (kcdload flag) and how curl does (up check, cold users).
+declare -A LOAD_AUTH=([kcdproxy-plain]=--basic-users [kcdproxy-kcd]=--basic-users
+  [kcdproxy-kcd-ntlm]=--ntlm-users [apache-gw]=--basic-users)
+declare -A CURL_AUTH=([kcdproxy-plain]=--basic [kcdproxy-kcd]=--basic [kcdproxy-kcd-ntlm]=--ntlm
+  [apache-gw]=--basic)
 
 # ---- the Apache mod_auth_gssapi gateway -------------------------------------------------------
 GW=$TMP/apache-gw
@@ -322,7 +328,8 @@ up() {
     fi
     sleep 0.1
   done
-  code=$(curl -sS -o /dev/null -D "$TMP/$name.head" -w '%{http_code}' --max-time 15 -u "$FIRST_USER" \
+  code=$(curl -sS -o /dev/null -D "$TMP/$name.head" -w '%{http_code}' --max-time 15 \
+    "${CURL_AUTH[$name]}" -u "$FIRST_USER" \
     "http://127.0.0.1:${PORT[$name]}${PATH_OF[$name]}" 2>>"$TMP/$name.curl.log" || true)
   if [ "$code" != 200 ]; then
     # Whose answer it was (the proxy's own, or the backend's passed through) says most.
@@ -338,17 +345,19 @@ KCD_ENV=(env KRB5_CONFIG="$KRB5_CONFIG" KRB5RCACHEDIR="$TMP/rcache-kcd")
 mkdir -p "$TMP/rcache-kcd"
 for t in $TARGETS; do
   case $t in
-    kcdproxy-plain|kcdproxy-kcd)
+    kcdproxy-plain|kcdproxy-kcd|kcdproxy-kcd-ntlm)
       [ "$KCD_STATE" = ok ] || { STATE[$t]=$KCD_STATE; continue; }
       args=(--listen "127.0.0.1:${PORT[$t]}" --workers 1 --cpus "$PROXY_CPU" --access-log off
             --backend-pool-size 512)
       if [ "$t" = kcdproxy-plain ]; then
         args+=(--route "/=http://$BACKEND")
       else
-        # The delegation contract (issue #5): Basic checked against the hash file, S4U to the SPN.
+        # The delegation contract (issue #5): Basic (or NTLM) checked against the hash file,
+        # S4U to the SPN.
+        auth=basic; [ "$t" = kcdproxy-kcd-ntlm ] && auth=ntlm
         args+=(--keytab "$KCD_LAB_AD_PROXY_KEYTAB" --kerberos-login "$KCD_LAB_AD_PROXY_PRINCIPAL"
                --realm "$KCD_LAB_AD_REALM" --ntlm-hash-file "$HASHES"
-               --route "/=http://$BACKEND;auth=basic;spn=$KCD_LAB_BACKEND_SPN" --basic-over-http)
+               --route "/=http://$BACKEND;auth=$auth;spn=$KCD_LAB_BACKEND_SPN" --basic-over-http)
       fi
       start "$t" "$TMP/$t.log" "$PROXY_CPU" "${KCD_ENV[@]}" "$KCDPROXY_BIN" "${args[@]}"
       up "$t" "$START_TIMEOUT" "$TMP/$t.log"
@@ -414,7 +423,7 @@ for scen in $SCENARIOS; do
         read -r busy0 total0 < <(cpu_line "$PROXY_CPU")
         outer0=$(cpu_ticks $pids); kdc0=$(cpu_ticks $kdc); be0=$(cpu_ticks $be)
         result=$(taskset -c "$LOAD_CPU" "$KCDLOAD" --url "http://127.0.0.1:${PORT[$t]}${PATH_OF[$t]}" \
-          --basic-users "$TMP/users" "${per[@]}" --connections "$conns" --duration "$DURATION" \
+          "${LOAD_AUTH[$t]}" "$TMP/users" "${per[@]}" --connections "$conns" --duration "$DURATION" \
           --warmup "$WARMUP" --timeout 10s --label "$t deleg-$scen c$conns" "${watch[@]}" \
           2>>"$TMP/kcdload.log") || result=null
         read -r busy1 total1 < <(cpu_line "$PROXY_CPU")
@@ -432,11 +441,11 @@ done
 # authenticated backend connection) and then a second one, both on new connections, one user at
 # a time so nothing queues. Then the KDC's own time for the same S4U exchanges, without a proxy.
 curl_time() { # TARGET USER:PASSWORD → "HTTP_CODE SECONDS"
-  curl -sS -o /dev/null -w '%{http_code} %{time_total}\n' --max-time 15 -u "$2" \
+  curl -sS -o /dev/null -w '%{http_code} %{time_total}\n' --max-time 15 "${CURL_AUTH[$1]}" -u "$2" \
     "http://127.0.0.1:${PORT[$1]}${PATH_OF[$1]}" 2>/dev/null || echo "000 0"
 }
 if [ "$COLD" -gt 0 ]; then
-  for t in kcdproxy-kcd apache-gw; do
+  for t in kcdproxy-kcd kcdproxy-kcd-ntlm apache-gw; do
     case " $TARGETS " in *" $t "*) ;; *) continue ;; esac
     if [ "${STATE[$t]}" != ok ]; then
       printf '{"kind":"cold","target":"%s","state":%s}\n' "$t" "$(json_esc "${STATE[$t]}")" >> "$RAW"

@@ -10,15 +10,28 @@ use std::path::Path;
 
 /// `Authorization: Basic …` header lines, one per user, in file order.
 pub fn basic_headers(path: &Path) -> Result<Vec<String>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let headers = parse_basic_users(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    if headers.is_empty() {
-        return Err(format!("{}: no user:password lines", path.display()));
-    }
-    Ok(headers)
+    Ok(read_users(path)?
+        .iter()
+        .map(|(u, p)| {
+            format!(
+                "Authorization: Basic {}",
+                base64(format!("{u}:{p}").as_bytes())
+            )
+        })
+        .collect())
 }
 
-fn parse_basic_users(text: &str) -> Result<Vec<String>, String> {
+/// The `(user, password)` pairs of a users file, at least one.
+pub fn read_users(path: &Path) -> Result<Vec<(String, String)>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let users = parse_users(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    if users.is_empty() {
+        return Err(format!("{}: no user:password lines", path.display()));
+    }
+    Ok(users)
+}
+
+fn parse_users(text: &str) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim_end_matches('\r');
@@ -26,8 +39,8 @@ fn parse_basic_users(text: &str) -> Result<Vec<String>, String> {
             continue;
         }
         match line.split_once(':') {
-            Some((user, _)) if !user.is_empty() => {
-                out.push(format!("Authorization: Basic {}", base64(line.as_bytes())))
+            Some((user, password)) if !user.is_empty() => {
+                out.push((user.to_string(), password.to_string()))
             }
             _ => return Err(format!("line {}: expected user:password", n + 1)),
         }
@@ -44,8 +57,8 @@ pub fn line_for(task: usize, k: u64, tasks: usize, lines: usize) -> usize {
     (task % lines + step) % lines
 }
 
-/// Standard base64 with padding (RFC 4648 §4), as Basic credentials need.
-fn base64(input: &[u8]) -> String {
+/// Standard base64 with padding (RFC 4648 §4), as Basic credentials and NTLM tokens need.
+pub fn base64(input: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
     for chunk in input.chunks(3) {
@@ -66,6 +79,30 @@ fn base64(input: &[u8]) -> String {
     out
 }
 
+/// Decodes standard base64 (padding optional); None on any other byte.
+pub fn base64_decode(input: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(input.len() / 4 * 3);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for &c in input.iter().take_while(|&&c| c != b'=') {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,18 +117,22 @@ mod tests {
         ];
         for (plain, want) in table {
             assert_eq!(base64(plain.as_bytes()), *want, "{plain}");
+            assert_eq!(
+                base64_decode(want.as_bytes()).unwrap(),
+                plain.as_bytes(),
+                "{want}"
+            );
         }
+        assert!(base64_decode(b"Zm9v!").is_none());
     }
 
     #[test]
     fn users_file_parses() {
-        let got = parse_basic_users("# load users\n\nu1:p:w\r\n  \nu2:\n").unwrap();
-        assert_eq!(
-            got,
-            ["Authorization: Basic dTE6cDp3", "Authorization: Basic dTI6"]
-        );
-        assert!(parse_basic_users("nocolon\n").is_err());
-        assert!(parse_basic_users(":pw\n").is_err());
+        let got = parse_users("# load users\n\nu1:p:w\r\n  \nu2:\n").unwrap();
+        let pair = |u: &str, p: &str| (u.to_string(), p.to_string());
+        assert_eq!(got, [pair("u1", "p:w"), pair("u2", "")]);
+        assert!(parse_users("nocolon\n").is_err());
+        assert!(parse_users(":pw\n").is_err());
     }
 
     #[test]

@@ -13,12 +13,14 @@
 //!
 //! `--basic-users FILE` gives connections distinct users (see `creds`), and
 //! `--requests-per-conn N` closes each connection after N requests and opens a new one, so a
-//! proxy that authenticates per connection pays that cost every N requests.
+//! proxy that authenticates per connection pays that cost every N requests. `--ntlm-users FILE`
+//! authenticates each connection with an NTLM handshake instead (see `ntlm`).
 //!
 //! `--idle N` is the memory mode: open N connections, complete one request on each, report,
 //! then hold them idle for `--hold` while the harness measures the server's memory.
 
 mod creds;
+mod ntlm;
 mod parse;
 mod target;
 
@@ -84,6 +86,17 @@ struct Args {
     /// the task on by the number of connections, so all lines are used.
     #[arg(long, value_name = "FILE")]
     basic_users: Option<PathBuf>,
+
+    /// File of `user:password` lines: every connection first authenticates with an NTLM
+    /// handshake (NEGOTIATE → 401 CHALLENGE → AUTHENTICATE on the first real request) as one
+    /// line's user, chosen like --basic-users; later requests on it carry no Authorization. The
+    /// first request's latency includes the handshake.
+    #[arg(long, value_name = "FILE", conflicts_with = "basic_users")]
+    ntlm_users: Option<PathBuf>,
+
+    /// NetBIOS domain for --ntlm-users.
+    #[arg(long, value_name = "NAME", default_value = "EXAMPLE")]
+    ntlm_domain: String,
 
     /// Disable TLS session resumption, so every handshake is a full one.
     #[arg(long)]
@@ -153,6 +166,9 @@ struct Shared {
     per_conn: Option<u64>,
     /// Connection tasks (for the credential rotation, `creds::line_for`).
     tasks: usize,
+    /// --ntlm-users: the users (then `requests` has one entry, without Authorization), the URL
+    /// and extra headers to build the handshake's requests from, and the client-challenge PRNG.
+    ntlm: Option<NtlmLoad>,
     timeout: Duration,
     /// INVARIANT: measure_start <= end. A request is counted (and its latency recorded) when it
     /// completes inside [measure_start, end], whenever it started: requiring the start inside
@@ -204,6 +220,78 @@ impl Shared {
     }
 }
 
+/// What the NTLM mode needs besides `Shared::requests`.
+struct NtlmLoad {
+    users: Vec<ntlm::NtlmUser>,
+    url: Url,
+    headers: Vec<String>,
+    /// xorshift64 state for client challenges (unpredictability is not needed for load).
+    rng: Cell<u64>,
+}
+
+impl NtlmLoad {
+    fn client_challenge(&self) -> [u8; 8] {
+        let mut x = self.rng.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng.set(x);
+        x.to_le_bytes()
+    }
+
+    fn request(&self, auth: &str, close: bool) -> Vec<u8> {
+        let mut headers = self.headers.clone();
+        headers.push(format!("Authorization: NTLM {auth}"));
+        target::request_bytes(&self.url, &headers, close)
+    }
+}
+
+/// NTLM's first leg on a fresh connection: NEGOTIATE, expecting a 401 with a CHALLENGE. Returns
+/// the AUTHENTICATE token (base64) for the first real request, or counts an error.
+async fn ntlm_leg1<S>(
+    sh: &Shared,
+    n: &NtlmLoad,
+    user: usize,
+    stream: &mut S,
+    rb: &mut RecvBuf,
+    reader: &mut ResponseReader,
+    deadline: Instant,
+) -> Option<String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let leg1 = n.request(&creds::base64(&ntlm::negotiate()), false);
+    let outcome = match timeout_at(deadline, target::exchange(stream, &leg1, rb, reader)).await {
+        Ok(Ok((outcome, _))) => outcome,
+        Ok(Err(e)) => {
+            sh.exchange_error(e);
+            return None;
+        }
+        Err(_) => {
+            if Instant::now() < sh.end {
+                sh.error(ErrorKind::Timeout, || "NTLM NEGOTIATE timed out".into());
+            }
+            return None;
+        }
+    };
+    let challenge = reader.take_ntlm_challenge();
+    let token = match (outcome.status, &challenge) {
+        (401, Some(c)) if !outcome.close => creds::base64_decode(c).and_then(|c| {
+            n.users[user].authenticate(&c, n.client_challenge(), ntlm::filetime_now())
+        }),
+        _ => None,
+    };
+    if token.is_none() {
+        sh.error(ErrorKind::Status, || {
+            format!(
+                "NTLM NEGOTIATE answered {} (close {}) without a usable CHALLENGE",
+                outcome.status, outcome.close
+            )
+        });
+    }
+    token.map(|t| creds::base64(&t))
+}
+
 /// The bytes of one credential's GET: the keep-alive form and the form that ends a connection.
 struct Request {
     keep: Vec<u8>,
@@ -251,14 +339,29 @@ async fn connection_task(sh: Rc<Shared>, task: usize) {
         if sh.tls.borrow().is_none() {
             *sh.tls.borrow_mut() = stream.tls_description();
         }
-        let req = &sh.requests[creds::line_for(task, opened, sh.tasks, sh.requests.len())];
+        let users = sh
+            .ntlm
+            .as_ref()
+            .map_or(sh.requests.len(), |n| n.users.len());
+        let line = creds::line_for(task, opened, sh.tasks, users);
+        let req = &sh.requests[if sh.ntlm.is_some() { 0 } else { line }];
         opened += 1;
         rb.clear();
+        // NTLM: the first leg now; the AUTHENTICATE goes on the first real request.
+        let mut authenticate = None;
+        if let Some(n) = &sh.ntlm {
+            let deadline = (t_dial + sh.timeout).min(sh.end);
+            match ntlm_leg1(&sh, n, line, &mut stream, &mut rb, &mut reader, deadline).await {
+                Some(token) => authenticate = Some(token),
+                None if Instant::now() >= sh.end => return,
+                None => continue 'connection,
+            }
+        }
         let mut sent = 0u64;
         loop {
-            // When connections are renewed, the first request's latency includes connect and
-            // handshake: that is the cost the per-connection figure is about.
-            let t0 = if sh.per_conn.is_some() && sent == 0 {
+            // When connections are renewed or authenticated, the first request's latency
+            // includes connect and handshake: that is the cost the per-connection figure is about.
+            let t0 = if (sh.per_conn.is_some() || sh.ntlm.is_some()) && sent == 0 {
                 t_dial
             } else {
                 Instant::now()
@@ -268,7 +371,15 @@ async fn connection_task(sh: Rc<Shared>, task: usize) {
             }
             sent += 1;
             let last = sh.per_conn.is_some_and(|n| sent >= n);
-            let bytes = if last { &req.close } else { &req.keep };
+            let first_ntlm = match (authenticate.take(), &sh.ntlm) {
+                (Some(token), Some(n)) => Some(n.request(&token, last)),
+                _ => None,
+            };
+            let bytes = match &first_ntlm {
+                Some(b) => b,
+                None if last => &req.close,
+                None => &req.keep,
+            };
             let deadline = (t0 + sh.timeout).min(sh.end);
             match timeout_at(
                 deadline,
@@ -380,7 +491,7 @@ async fn run_load(args: &Args, sh: Rc<Shared>) -> String {
         args.connections,
         sh.per_conn == Some(1),
         sh.per_conn.map_or("null".into(), |n| n.to_string()),
-        sh.requests.len(),
+        sh.ntlm.as_ref().map_or(sh.requests.len(), |n| n.users.len()),
         secs,
         sh.completed.get(),
         errors
@@ -540,6 +651,18 @@ fn run(args: Args) -> Result<(), String> {
     } else {
         args.requests_per_conn
     };
+    let ntlm = match &args.ntlm_users {
+        None => None,
+        Some(path) => Some(NtlmLoad {
+            users: creds::read_users(path)?
+                .iter()
+                .map(|(u, p)| ntlm::NtlmUser::new(u, &args.ntlm_domain, p))
+                .collect(),
+            url: url.clone(),
+            headers: args.headers.clone(),
+            rng: Cell::new(ntlm::filetime_now() | 1),
+        }),
+    };
     let requests: Vec<Request> = match &args.basic_users {
         None => vec![Request::new(&url, &args.headers)],
         Some(path) => creds::basic_headers(path)?
@@ -578,6 +701,7 @@ fn run(args: Args) -> Result<(), String> {
             requests,
             per_conn,
             tasks: args.connections,
+            ntlm,
             timeout: args.timeout,
             measure_start,
             end: measure_start + args.duration,
