@@ -25,12 +25,27 @@ usage: perf/run.sh [options]
   --targets LIST     of: nginx haproxy kcdproxy direct   (env PERF_TARGETS)
   --idle N           idle connections per proxy for the memory figure, 0 skips it
                      (env PERF_IDLE_CONNS, default 10000)
+  --scenario deleg   instead: delegated traffic against the test lab (kcdproxy plain, kcdproxy
+                     with KCD, Apache mod_auth_gssapi gateway); runs perf/deleg.sh, whose
+                     options then apply (perf/deleg.sh --help)
 env: PROXY_CPU (0), LOAD_CPU (1), KCDPROXY_BIN, CARGO_TARGET_DIR, KCDPROXY_START_TIMEOUT (5 s),
      PERF_NGINX_BUF (nginx proxy buffer size, 64k)
 EOF
 }
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+# --scenario deleg: the delegated-traffic suite needs the lab and other targets; its own script.
+prev=""
+for a in "$@"; do
+  if [ "$prev" = --scenario ]; then
+    [ "$a" = deleg ] || { echo "run.sh: --scenario: unknown '$a' (allowed: deleg)" >&2; exit 2; }
+    exec "$ROOT/perf/deleg.sh" "$@"
+  fi
+  prev=$a
+done
+[ "$prev" = --scenario ] && { echo "run.sh: --scenario needs a value (deleg)" >&2; exit 2; }
+
 DURATION=${PERF_DURATION:-5}
 WARMUP=${PERF_WARMUP:-1}
 ROUNDS=${PERF_ROUNDS:-1}

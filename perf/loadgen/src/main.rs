@@ -11,9 +11,16 @@
 //! as tasks on a LocalSet, sharing `Rc` state without locks. Pin the process to one core (the
 //! harness uses taskset) and it costs exactly that core.
 //!
+//! `--basic-users FILE` gives connections distinct users (see `creds`), and
+//! `--requests-per-conn N` closes each connection after N requests and opens a new one, so a
+//! proxy that authenticates per connection pays that cost every N requests. `--ntlm-users FILE`
+//! authenticates each connection with an NTLM handshake instead (see `ntlm`).
+//!
 //! `--idle N` is the memory mode: open N connections, complete one request on each, report,
 //! then hold them idle for `--hold` while the harness measures the server's memory.
 
+mod creds;
+mod ntlm;
 mod parse;
 mod target;
 
@@ -64,8 +71,32 @@ struct Args {
     headers: Vec<String>,
 
     /// Open a new connection (and TLS handshake) for every request; latency then includes them.
+    /// The same as --requests-per-conn 1.
     #[arg(long)]
     new_conn_per_request: bool,
+
+    /// Close each connection after N requests (the last one says `Connection: close`) and open
+    /// a new one. The first request on each connection includes connect (and TLS handshake) time
+    /// in its latency. Default: keep connections for the whole run.
+    #[arg(long, value_name = "N", conflicts_with = "new_conn_per_request")]
+    requests_per_conn: Option<u64>,
+
+    /// File of `user:password` lines: every request carries `Authorization: Basic` of one line.
+    /// Connection task i starts with line i mod N; with --requests-per-conn each reconnect moves
+    /// the task on by the number of connections, so all lines are used.
+    #[arg(long, value_name = "FILE")]
+    basic_users: Option<PathBuf>,
+
+    /// File of `user:password` lines: every connection first authenticates with an NTLM
+    /// handshake (NEGOTIATE → 401 CHALLENGE → AUTHENTICATE on the first real request) as one
+    /// line's user, chosen like --basic-users; later requests on it carry no Authorization. The
+    /// first request's latency includes the handshake.
+    #[arg(long, value_name = "FILE", conflicts_with = "basic_users")]
+    ntlm_users: Option<PathBuf>,
+
+    /// NetBIOS domain for --ntlm-users.
+    #[arg(long, value_name = "NAME", default_value = "EXAMPLE")]
+    ntlm_domain: String,
 
     /// Disable TLS session resumption, so every handshake is a full one.
     #[arg(long)]
@@ -129,8 +160,15 @@ const ERROR_NAMES: [&str; 6] = ["connect", "tls", "io", "parse", "status", "time
 /// What every connection task shares. Single-threaded: `Cell`/`RefCell`, no locks.
 struct Shared {
     dialer: Dialer,
-    request: Vec<u8>,
-    new_conn: bool,
+    /// One entry per credential line (one entry without --basic-users).
+    requests: Vec<Request>,
+    /// Requests per connection before it is closed and a new one opened (None: keep it).
+    per_conn: Option<u64>,
+    /// Connection tasks (for the credential rotation, `creds::line_for`).
+    tasks: usize,
+    /// --ntlm-users: the users (then `requests` has one entry, without Authorization), the URL
+    /// and extra headers to build the handshake's requests from, and the client-challenge PRNG.
+    ntlm: Option<NtlmLoad>,
     timeout: Duration,
     /// INVARIANT: measure_start <= end. A request is counted (and its latency recorded) when it
     /// completes inside [measure_start, end], whenever it started: requiring the start inside
@@ -139,7 +177,7 @@ struct Shared {
     end: Instant,
     /// Latency in nanoseconds.
     hist: RefCell<Histogram<u64>>,
-    requests: Cell<u64>,
+    completed: Cell<u64>,
     bytes: Cell<u64>,
     connects: Cell<u64>,
     errors: [Cell<u64>; 6],
@@ -182,11 +220,101 @@ impl Shared {
     }
 }
 
-/// One closed-loop connection: connect, exchange until the server closes or the window ends,
-/// reconnect after any error (after a short pause when connecting itself fails).
-async fn connection_task(sh: Rc<Shared>) {
+/// What the NTLM mode needs besides `Shared::requests`.
+struct NtlmLoad {
+    users: Vec<ntlm::NtlmUser>,
+    url: Url,
+    headers: Vec<String>,
+    /// xorshift64 state for client challenges (unpredictability is not needed for load).
+    rng: Cell<u64>,
+}
+
+impl NtlmLoad {
+    fn client_challenge(&self) -> [u8; 8] {
+        let mut x = self.rng.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng.set(x);
+        x.to_le_bytes()
+    }
+
+    fn request(&self, auth: &str, close: bool) -> Vec<u8> {
+        let mut headers = self.headers.clone();
+        headers.push(format!("Authorization: NTLM {auth}"));
+        target::request_bytes(&self.url, &headers, close)
+    }
+}
+
+/// NTLM's first leg on a fresh connection: NEGOTIATE, expecting a 401 with a CHALLENGE. Returns
+/// the AUTHENTICATE token (base64) for the first real request, or counts an error.
+async fn ntlm_leg1<S>(
+    sh: &Shared,
+    n: &NtlmLoad,
+    user: usize,
+    stream: &mut S,
+    rb: &mut RecvBuf,
+    reader: &mut ResponseReader,
+    deadline: Instant,
+) -> Option<String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let leg1 = n.request(&creds::base64(&ntlm::negotiate()), false);
+    let outcome = match timeout_at(deadline, target::exchange(stream, &leg1, rb, reader)).await {
+        Ok(Ok((outcome, _))) => outcome,
+        Ok(Err(e)) => {
+            sh.exchange_error(e);
+            return None;
+        }
+        Err(_) => {
+            if Instant::now() < sh.end {
+                sh.error(ErrorKind::Timeout, || "NTLM NEGOTIATE timed out".into());
+            }
+            return None;
+        }
+    };
+    let challenge = reader.take_ntlm_challenge();
+    let token = match (outcome.status, &challenge) {
+        (401, Some(c)) if !outcome.close => creds::base64_decode(c).and_then(|c| {
+            n.users[user].authenticate(&c, n.client_challenge(), ntlm::filetime_now())
+        }),
+        _ => None,
+    };
+    if token.is_none() {
+        sh.error(ErrorKind::Status, || {
+            format!(
+                "NTLM NEGOTIATE answered {} (close {}) without a usable CHALLENGE",
+                outcome.status, outcome.close
+            )
+        });
+    }
+    token.map(|t| creds::base64(&t))
+}
+
+/// The bytes of one credential's GET: the keep-alive form and the form that ends a connection.
+struct Request {
+    keep: Vec<u8>,
+    close: Vec<u8>,
+}
+
+impl Request {
+    fn new(url: &Url, headers: &[String]) -> Self {
+        Request {
+            keep: target::request_bytes(url, headers, false),
+            close: target::request_bytes(url, headers, true),
+        }
+    }
+}
+
+/// One closed-loop connection: connect, exchange until the server closes, the per-connection
+/// request count is reached or the window ends; reconnect after any error (after a short pause
+/// when connecting itself fails).
+async fn connection_task(sh: Rc<Shared>, task: usize) {
     let mut rb = RecvBuf::new(64 * 1024);
     let mut reader = ResponseReader::new();
+    // Connections this task has opened (successfully), for the credential rotation.
+    let mut opened = 0u64;
     'connection: loop {
         let t_dial = Instant::now();
         if t_dial >= sh.end {
@@ -211,17 +339,51 @@ async fn connection_task(sh: Rc<Shared>) {
         if sh.tls.borrow().is_none() {
             *sh.tls.borrow_mut() = stream.tls_description();
         }
+        let users = sh
+            .ntlm
+            .as_ref()
+            .map_or(sh.requests.len(), |n| n.users.len());
+        let line = creds::line_for(task, opened, sh.tasks, users);
+        let req = &sh.requests[if sh.ntlm.is_some() { 0 } else { line }];
+        opened += 1;
         rb.clear();
+        // NTLM: the first leg now; the AUTHENTICATE goes on the first real request.
+        let mut authenticate = None;
+        if let Some(n) = &sh.ntlm {
+            let deadline = (t_dial + sh.timeout).min(sh.end);
+            match ntlm_leg1(&sh, n, line, &mut stream, &mut rb, &mut reader, deadline).await {
+                Some(token) => authenticate = Some(token),
+                None if Instant::now() >= sh.end => return,
+                None => continue 'connection,
+            }
+        }
+        let mut sent = 0u64;
         loop {
-            // With a connection per request the latency includes connect and handshake.
-            let t0 = if sh.new_conn { t_dial } else { Instant::now() };
+            // When connections are renewed or authenticated, the first request's latency
+            // includes connect and handshake: that is the cost the per-connection figure is about.
+            let t0 = if (sh.per_conn.is_some() || sh.ntlm.is_some()) && sent == 0 {
+                t_dial
+            } else {
+                Instant::now()
+            };
             if t0 >= sh.end {
                 return;
             }
+            sent += 1;
+            let last = sh.per_conn.is_some_and(|n| sent >= n);
+            let first_ntlm = match (authenticate.take(), &sh.ntlm) {
+                (Some(token), Some(n)) => Some(n.request(&token, last)),
+                _ => None,
+            };
+            let bytes = match &first_ntlm {
+                Some(b) => b,
+                None if last => &req.close,
+                None => &req.keep,
+            };
             let deadline = (t0 + sh.timeout).min(sh.end);
             match timeout_at(
                 deadline,
-                target::exchange(&mut stream, &sh.request, &mut rb, &mut reader),
+                target::exchange(&mut stream, bytes, &mut rb, &mut reader),
             )
             .await
             {
@@ -232,10 +394,10 @@ async fn connection_task(sh: Rc<Shared>) {
                     } else if sh.in_window(t1) {
                         let ns = (t1 - t0).as_nanos().min(u128::from(u64::MAX)) as u64;
                         sh.hist.borrow_mut().saturating_record(ns.max(1));
-                        sh.requests.set(sh.requests.get() + 1);
+                        sh.completed.set(sh.completed.get() + 1);
                         sh.bytes.set(sh.bytes.get() + received);
                     }
-                    if outcome.close || sh.new_conn {
+                    if outcome.close || last {
                         continue 'connection;
                     }
                 }
@@ -302,7 +464,7 @@ async fn run_load(args: &Args, sh: Rc<Shared>) -> String {
         })
     };
     let tasks: Vec<_> = (0..args.connections)
-        .map(|_| tokio::task::spawn_local(connection_task(sh.clone())))
+        .map(|i| tokio::task::spawn_local(connection_task(sh.clone(), i)))
         .collect();
     for t in tasks {
         let _ = t.await;
@@ -325,8 +487,14 @@ async fn run_load(args: &Args, sh: Rc<Shared>) -> String {
     json_str(&mut o, "url", &args.url);
     let _ = write!(
         o,
-        "\"connections\":{},\"new_conn_per_request\":{},\"duration_s\":{:.3},\"requests\":{},\"errors\":{},",
-        args.connections, sh.new_conn, secs, sh.requests.get(), errors
+        "\"connections\":{},\"new_conn_per_request\":{},\"requests_per_conn\":{},\"users\":{},\"duration_s\":{:.3},\"requests\":{},\"errors\":{},",
+        args.connections,
+        sh.per_conn == Some(1),
+        sh.per_conn.map_or("null".into(), |n| n.to_string()),
+        sh.ntlm.as_ref().map_or(sh.requests.len(), |n| n.users.len()),
+        secs,
+        sh.completed.get(),
+        errors
     );
     o.push_str("\"error_kinds\":{");
     for (i, name) in ERROR_NAMES.iter().enumerate() {
@@ -341,7 +509,7 @@ async fn run_load(args: &Args, sh: Rc<Shared>) -> String {
     let _ = write!(
         o,
         "\"rps\":{:.1},\"p50_us\":{:.1},\"p90_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"max_us\":{:.1},\"mean_us\":{:.1},\"bytes_per_s\":{:.0},\"connects\":{},",
-        sh.requests.get() as f64 / secs,
+        sh.completed.get() as f64 / secs,
         q(0.5),
         q(0.9),
         q(0.99),
@@ -358,9 +526,9 @@ async fn run_load(args: &Args, sh: Rc<Shared>) -> String {
     let _ = write!(o, "\"loadgen_cpu_pct\":{},", pct(own_ticks));
     let watched = watched_ticks.filter(|_| !args.watch_pids.is_empty());
     let per_req = match watched {
-        Some(t) if sh.requests.get() > 0 => format!(
+        Some(t) if sh.completed.get() > 0 => format!(
             "{:.2}",
-            t as f64 / CLOCK_TICKS * 1e6 / sh.requests.get() as f64
+            t as f64 / CLOCK_TICKS * 1e6 / sh.completed.get() as f64
         ),
         _ => "null".into(),
     };
@@ -401,7 +569,7 @@ async fn run_idle(args: &Args, sh: Rc<Shared>, count: usize) -> String {
                 let mut rb = RecvBuf::new(16 * 1024);
                 let (outcome, _) = target::exchange(
                     &mut stream,
-                    &sh.request,
+                    &sh.requests[0].keep,
                     &mut rb,
                     &mut ResponseReader::new(),
                 )
@@ -475,6 +643,37 @@ fn run(args: Args) -> Result<(), String> {
     if args.connections == 0 {
         return Err("--connections must be at least 1".into());
     }
+    if args.requests_per_conn == Some(0) {
+        return Err("--requests-per-conn must be at least 1".into());
+    }
+    let per_conn = if args.new_conn_per_request {
+        Some(1)
+    } else {
+        args.requests_per_conn
+    };
+    let ntlm = match &args.ntlm_users {
+        None => None,
+        Some(path) => Some(NtlmLoad {
+            users: creds::read_users(path)?
+                .iter()
+                .map(|(u, p)| ntlm::NtlmUser::new(u, &args.ntlm_domain, p))
+                .collect(),
+            url: url.clone(),
+            headers: args.headers.clone(),
+            rng: Cell::new(ntlm::filetime_now() | 1),
+        }),
+    };
+    let requests: Vec<Request> = match &args.basic_users {
+        None => vec![Request::new(&url, &args.headers)],
+        Some(path) => creds::basic_headers(path)?
+            .into_iter()
+            .map(|auth| {
+                let mut headers = args.headers.clone();
+                headers.push(auth);
+                Request::new(&url, &headers)
+            })
+            .collect(),
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -499,15 +698,17 @@ fn run(args: Args) -> Result<(), String> {
         let measure_start = Instant::now() + args.warmup;
         let sh = Rc::new(Shared {
             dialer: Dialer { addr, tls },
-            request: target::request_bytes(&url, &args.headers, args.new_conn_per_request),
-            new_conn: args.new_conn_per_request,
+            requests,
+            per_conn,
+            tasks: args.connections,
+            ntlm,
             timeout: args.timeout,
             measure_start,
             end: measure_start + args.duration,
             hist: RefCell::new(
                 Histogram::new_with_bounds(1, 3_600_000_000_000, 3).map_err(|e| e.to_string())?,
             ),
-            requests: Cell::new(0),
+            completed: Cell::new(0),
             bytes: Cell::new(0),
             connects: Cell::new(0),
             errors: Default::default(),

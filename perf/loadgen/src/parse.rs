@@ -93,6 +93,9 @@ enum Chunk {
 pub struct ResponseReader {
     state: State,
     outcome: Outcome,
+    /// The token of a `WWW-Authenticate: NTLM <token>` header of a 401 (an NTLM CHALLENGE);
+    /// only 401s are looked at, so the hot path never allocates.
+    ntlm_challenge: Option<Vec<u8>>,
 }
 
 impl Default for ResponseReader {
@@ -106,6 +109,7 @@ impl ResponseReader {
         ResponseReader {
             state: State::Head,
             outcome: Outcome::default(),
+            ntlm_challenge: None,
         }
     }
 
@@ -117,6 +121,11 @@ impl ResponseReader {
     /// The finished response; meaningful once `advance` or `eof` said done.
     pub fn outcome(&self) -> Outcome {
         self.outcome
+    }
+
+    /// The base64 NTLM CHALLENGE token of the last 401, if it carried one.
+    pub fn take_ntlm_challenge(&mut self) -> Option<Vec<u8>> {
+        self.ntlm_challenge.take()
     }
 
     /// Feeds the unconsumed bytes of the receive buffer.
@@ -218,6 +227,10 @@ impl ResponseReader {
                 chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
                 if !chunked {
                     length = None;
+                }
+            } else if status == 401 && h.name.eq_ignore_ascii_case("www-authenticate") {
+                if let Some(token) = h.value.strip_prefix(b"NTLM ") {
+                    self.ntlm_challenge = Some(token.trim_ascii().to_vec());
                 }
             } else if h.name.eq_ignore_ascii_case("connection") {
                 for token in h.value.split(|&b| b == b',') {
