@@ -12,12 +12,12 @@
 #      service account gets a ticket to the backend *for alice* without her password
 #      (S4U2Self + S4U2Proxy), and the backend accepts it;
 #   3. curl through kcdproxy (TLS, lab CA) to the backend's unprotected /public/ echo;
-#   4. curl --ntlm as alice through kcdproxy: the proxy authenticates her (NTLMv2 checked
-#      against the lab's NT hashes), maps EXAMPLE\alice to alice@EXAMPLE.TEST and passes that
-#      identity on; a wrong password gets a 401;
-#   5. curl as alice through kcdproxy to the Kerberos-protected /echo. Until the delegation
-#      issue lands, the proxy reaches the backend anonymously and the backend answers 401; the
-#      step says so and does not fail.
+#   4. the main event: alice through kcdproxy to the Kerberos-only /echo, with NTLM (checked by
+#      the domain controller through winbind), with Kerberos (curl --negotiate, her own ticket
+#      as S4U2Proxy evidence) and with Basic. kcdproxy authenticates her, maps EXAMPLE\alice to
+#      alice@EXAMPLE.TEST, obtains a ticket to the backend for her (S4U2Self + S4U2Proxy) and
+#      the backend answers "authenticated as alice@EXAMPLE.TEST" — no second prompt;
+#   5. what must fail, fails: a wrong password gets 401, bob (sensitive) gets 403.
 # Each step prints what it ran and what came back. The exit status is non-zero when a step that
 # should work today fails. kcdproxy is stopped at the end; the lab stays up (stop it with
 # tests/lab/lab.sh down).
@@ -98,13 +98,15 @@ if [ -n "$(ss -Hltn "sport = :$PORT")" ]; then
   echo "   ${LISTEN} is taken; using 127.0.0.1:$PORT"
   LISTEN=127.0.0.1:$PORT
 fi
-# NTLM (also inside Negotiate) verified against the lab's NT-hash file; identities mapped to
-# the AD realm and passed to the backend in X-Kcd-User. Delegation flags come with issue 5.
-AUTH_FLAGS=(--ntlm-hash-file "$KCD_LAB_NT_HASH_FILE" --realm "$KCD_LAB_AD_REALM"
+# Clients: Kerberos (Negotiate) accepted with the proxy's keytab; NTLM and Basic checked by the
+# DC through winbind (ntlm_auth). Backend: constrained delegation as svc-proxy to the backend's
+# SPN. Identities are mapped to the AD realm (and shown to /public in X-Kcd-User).
+AUTH_FLAGS=(--keytab "$KCD_LAB_AD_PROXY_KEYTAB" --kerberos-login "$KCD_LAB_AD_PROXY_PRINCIPAL"
+  --winbind-command "$KCD_LAB_NTLM_AUTH" --realm "$KCD_LAB_AD_REALM"
   --domain-realm "$KCD_LAB_AD_DOMAIN=$KCD_LAB_AD_REALM" --identity-header X-Kcd-User)
 read -r -a EXTRA <<<"${KCD_DEMO_EXTRA_FLAGS:-}"
 PROXY_CMD=("$BIN" --listen-tls "$LISTEN" --tls-cert "$KCD_LAB_PROXY_CERT" --tls-key "$KCD_LAB_PROXY_KEY"
-  --route "/=$KCD_LAB_BACKEND_HTTP_URL;auth=negotiate,ntlm"
+  --route "/=$KCD_LAB_BACKEND_HTTP_URL;auth=negotiate,ntlm,basic;spn=$KCD_LAB_BACKEND_SPN"
   --route "/public=$KCD_LAB_BACKEND_HTTP_URL"
   --route "/public/echo/secure=$KCD_LAB_BACKEND_HTTP_URL;auth=negotiate,ntlm"
   --access-log "$KCD_LAB_LOG_DIR/kcdproxy-access.log"
@@ -218,13 +220,30 @@ if [ "$PROXY_UP" = 1 ]; then
     result OK "wrong password refused by kcdproxy (${LAST_CODE:-no answer})"
   fi
   echo
-  echo "   Protected /echo as alice through kcdproxy (Kerberos constrained delegation):"
+  echo "   The Kerberos-only /echo as alice through kcdproxy (constrained delegation):"
+  demo_curl "authenticated as $ALICE_AT" "NTLM at the proxy (checked by the DC), Kerberos to the backend as alice" \
+    --ntlm -u "$KCD_LAB_AD_DOMAIN\\$KCD_LAB_ALICE:$KCD_LAB_ALICE_PASSWORD" --data-binary 'ntlm, delegated' \
+    "$PROXY/echo/through-proxy-ntlm" \
+    || result FAIL "alice (NTLM) did not reach the Kerberos backend as herself through kcdproxy"
+  demo_curl "authenticated as $ALICE_AT" "Kerberos at the proxy (curl --negotiate), Kerberos to the backend as alice" \
+    --negotiate -u : "$PROXY/echo/through-proxy-kerberos" \
+    || result FAIL "alice (Kerberos) did not reach the Kerberos backend as herself through kcdproxy"
+  demo_curl "authenticated as $ALICE_AT" "Basic at the proxy (checked by the DC), Kerberos to the backend as alice" \
+    -u "$KCD_LAB_ALICE:$KCD_LAB_ALICE_PASSWORD" "$PROXY/echo/through-proxy-basic" \
+    || result FAIL "alice (Basic) did not reach the Kerberos backend as herself through kcdproxy"
   LAST_CODE=
-  if demo_curl "authenticated as $ALICE_AT" "kcdproxy authenticated alice (NTLM) and delegated to the backend" \
-    --ntlm -u "$KCD_LAB_AD_DOMAIN\\$KCD_LAB_ALICE:$KCD_LAB_ALICE_PASSWORD" "$PROXY/echo/through-proxy"; then :
+  if demo_curl "authenticated as $KCD_LAB_BOB@$KCD_LAB_AD_REALM" "bob is sensitive: kcdproxy must not reach the backend as him" \
+    -u "$KCD_LAB_BOB:$KCD_LAB_BOB_PASSWORD" "$PROXY/echo/through-proxy-bob"; then
+    result FAIL "kcdproxy delegated for a sensitive account"
+  elif [ "$LAST_CODE" = "HTTP 403" ]; then
+    result OK "bob refused with 403 (the KDC would not delegate him; the reason is in the access log)"
   else
-    result EXPECTED "alice through kcdproxy to the Kerberos backend: ${LAST_CODE:-no answer} — KCD arrives with the delegation issue"
+    result FAIL "bob got ${LAST_CODE:-no answer}, expected 403"
   fi
+  echo
+  echo "   kcdproxy's access log (scheme, user, mapped principal, SPN, ticket cache, KDC time):"
+  sleep 0.4
+  grep -E 'through-proxy' "$KCD_LAB_LOG_DIR/kcdproxy-access.log" | tail -n 4 | indent
 else
   result SKIP "kcdproxy is not running (step 4): nothing to send through it yet"
 fi
