@@ -859,3 +859,51 @@ fn head_of_a_huge_download_returns_at_once() {
     assert_eq!(r.status(), 200, "{}", r.summary());
     assert_eq!(echo.requests(), 4);
 }
+
+/// Outlook Anywhere: the IN and OUT channels of one RPC virtual connection arrive on two client
+/// connections (on any worker) and must reach the same backend server; different RPC targets
+/// still spread over the backends.
+#[test]
+fn rpc_in_and_out_channels_reach_the_same_backend() {
+    let echos = [Echo::start(), Echo::start(), Echo::start()];
+    let route = format!(
+        "/rpc={},{},{}",
+        echos[0].url(),
+        echos[1].url(),
+        echos[2].url()
+    );
+    let proxy = Proxy::start(&["--route", &route, "--workers", "2"]);
+    let targets: Vec<String> = (0..8)
+        .map(|i| format!("/rpc/rpcproxy.dll?exch{i:02}.example.com:6001"))
+        .collect();
+    for target in &targets {
+        for method in ["RPC_IN_DATA", "RPC_OUT_DATA", "RPC_IN_DATA"] {
+            // A new client connection per channel, as Outlook opens them.
+            let mut c = proxy.client();
+            let r = c.request(method, target, &[], b"ECHO");
+            assert_eq!(r.status(), 200, "{}", r.summary());
+        }
+    }
+    let mut backends_used = std::collections::BTreeSet::new();
+    for target in &targets {
+        let lines: Vec<LogLine> = (0..50)
+            .map(|_| {
+                std::thread::sleep(Duration::from_millis(20));
+                proxy
+                    .log_lines()
+                    .into_iter()
+                    .filter(|l| l.get("path") == Some(target.as_str()))
+                    .collect::<Vec<_>>()
+            })
+            .find(|v: &Vec<LogLine>| v.len() == 3)
+            .unwrap_or_else(|| panic!("three log lines for {target}"));
+        let backends: std::collections::BTreeSet<_> =
+            lines.iter().filter_map(|l| l.get("backend")).collect();
+        assert_eq!(backends.len(), 1, "{target}: {backends:?}");
+        backends_used.extend(backends.into_iter().map(str::to_string));
+    }
+    assert!(
+        backends_used.len() > 1,
+        "8 RPC targets all went to {backends_used:?}"
+    );
+}

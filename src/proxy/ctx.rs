@@ -151,6 +151,25 @@ impl WorkerCtx {
         list[i % list.len()].clone()
     }
 
+    /// The backend for `key` on route `route`, the same for every request with that key on
+    /// every core (a stable hash, not the process-random one). Outlook Anywhere opens the IN
+    /// and the OUT channel of one RPC virtual connection as two HTTP requests on two TCP
+    /// connections, and both must reach the same server (MS-RPCH; PROTOCOLS.md 22).
+    pub fn pick_backend_by(&self, route: usize, key: &[&[u8]]) -> Rc<Backend> {
+        let list = &self.backends[route];
+        // FNV-1a: stable across processes and restarts, and enough to spread keys.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for part in key {
+            for &b in *part {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+            h ^= 0xff;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        list[(h % list.len() as u64) as usize].clone()
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.get()
     }

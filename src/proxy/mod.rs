@@ -425,7 +425,14 @@ async fn exchange(
         }
     }
 
-    let backend = ctx.pick_backend(route);
+    // RPC over HTTP: the IN and OUT channels of one virtual connection carry the same
+    // `?server:port` target from the same client, so that pair picks the backend.
+    let backend = if method == b"RPC_IN_DATA" || method == b"RPC_OUT_DATA" {
+        let ip = c.peer.ip().to_string();
+        ctx.pick_backend_by(route, &[ip.as_bytes(), head.target(&c.buf)])
+    } else {
+        ctx.pick_backend(route)
+    };
     rl.backend = Some(backend.clone());
     let conn_auth = head
         .headers_named(&c.buf, "authorization")
