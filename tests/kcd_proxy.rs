@@ -438,3 +438,56 @@ fn send_auth_401_answers_the_backend_challenge_itself() {
         0
     );
 }
+
+/// A Kerberos client is delegated with its own ticket as evidence: S4U2Proxy only, never
+/// S4U2Self (PROTOCOLS.md 12), in both realms.
+#[test]
+fn a_kerberos_client_is_delegated_with_its_own_ticket_and_no_s4u2self() {
+    use kcdproxy::auth::kerberos::{InitiatorMech, KerberosInitiator};
+    let _s = serial();
+    let lab = setup();
+    for realm in lab.realms() {
+        let (p, metrics) = start_proxy(lab, realm, &[]);
+        let principal = lab.carol.principal(realm);
+        let before = mit_s4u(lab, &principal);
+        let carol = KerberosInitiator::with_password(&principal, &lab.carol.password)
+            .unwrap_or_else(|e| panic!("kinit {principal}: {e}"));
+        let service = format!("{}@{}", lab.proxy_spn, realm.name);
+        let (token, _ctx) = carol.token(&service, InitiatorMech::Spnego, false).unwrap();
+        let path = format!("/echo/evidence-{}", nonce("n"));
+        let mut c = Conn::open(p.http);
+        let r = c.request(
+            "GET",
+            &path,
+            &[("Authorization", &auth_header("Negotiate", &token))],
+            b"",
+        );
+        assert_eq!(r.status, 200, "{}: {}", realm.name, r.text());
+        assert_eq!(named(&r), principal);
+        // The connection stays authenticated; the backend connection too.
+        let r = c.request("GET", "/whoami", &[], b"");
+        assert_eq!(named(&r), principal);
+        let log = p.access_lines(&path, 1).join("\n");
+        assert!(
+            log.contains("auth=negotiate-kerberos") && log.contains("ticket=miss"),
+            "{log}"
+        );
+        assert_eq!(
+            metric(metrics, "kcdproxy_kdc_s4u2self_total"),
+            0,
+            "{}",
+            realm.name
+        );
+        assert_eq!(
+            metric(metrics, "kcdproxy_kdc_s4u2proxy_total"),
+            1,
+            "{}",
+            realm.name
+        );
+        if !is_ad(lab, realm) {
+            let after = mit_s4u(lab, &principal);
+            assert_eq!(after.0, before.0, "no S4U2Self at the KDC");
+            assert_eq!(after.1, before.1 + 1, "one S4U2Proxy at the KDC");
+        }
+    }
+}
