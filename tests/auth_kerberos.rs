@@ -21,20 +21,13 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use auth::{auth_header, curl, nonce, Conn, Proxy};
-use common::lab::{lab, Lab, Realm};
+use common::lab::{Lab, Realm};
 use kcdproxy::auth::kerberos::{InitiatorMech, KerberosInitiator};
 
 /// The lab with `KRB5_CONFIG`/`KRB5RCACHEDIR` set for this process (the in-process Kerberos
 /// client reads them), once, before any thread uses GSS-API.
 fn setup() -> &'static Lab {
-    static ENV: OnceLock<()> = OnceLock::new();
-    let lab = lab();
-    ENV.get_or_init(|| {
-        std::env::set_var("KRB5_CONFIG", &lab.krb5_config);
-        std::env::set_var("KRB5RCACHEDIR", &lab.rcache_dir);
-        std::env::remove_var("KRB5RCACHETYPE");
-    });
-    lab
+    common::kdc::krb5_lab()
 }
 
 fn is_ad(lab: &Lab, realm: &Realm) -> bool {

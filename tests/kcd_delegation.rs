@@ -12,10 +12,10 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use common::lab::{lab, Lab, Realm};
+use common::lab::{Lab, Realm};
 use kcdproxy::auth::kerberos::{
     AcceptorConfig, InitiatorMech, KerberosAcceptor, KerberosInitiator,
 };
@@ -25,15 +25,7 @@ use kcdproxy::kcd::{CacheOutcome, DelegationConfig, DelegationError, Delegator, 
 use sha2::Digest;
 
 fn setup() -> &'static Lab {
-    static ENV: OnceLock<()> = OnceLock::new();
-    let lab = lab();
-    ENV.get_or_init(|| {
-        std::env::set_var("KRB5_CONFIG", &lab.krb5_config);
-        std::env::set_var("KRB5RCACHEDIR", &lab.rcache_dir);
-        std::env::remove_var("KRB5RCACHETYPE");
-        std::env::remove_var("KRB5_KTNAME");
-    });
-    lab
+    common::kdc::krb5_lab()
 }
 
 /// One lab test at a time (KDC log counts).
@@ -56,32 +48,7 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio_uring::start(f)
 }
 
-/// Lines of the MIT KDC's log containing `needle`.
-fn mit_log_count(lab: &Lab, needle: &str) -> usize {
-    // krb5kdc writes each line as it handles the request; give it a moment to land.
-    std::thread::sleep(Duration::from_millis(200));
-    std::fs::read_to_string(lab.log_dir.join("krb5kdc.log"))
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains(needle))
-        .count()
-}
-
-#[derive(Clone, Copy)]
-struct KdcCounts {
-    s4u2self: usize,
-    s4u2proxy: usize,
-}
-
-fn mit_counts(lab: &Lab, principal: &str) -> KdcCounts {
-    KdcCounts {
-        s4u2self: mit_log_count(lab, &format!("PROTOCOL-TRANSITION s4u-client={principal}")),
-        s4u2proxy: mit_log_count(
-            lab,
-            &format!("CONSTRAINED-DELEGATION s4u-client={principal}"),
-        ),
-    }
-}
+use common::kdc::{mit_log_count, mit_s4u as mit_counts};
 
 struct Response {
     status: u16,

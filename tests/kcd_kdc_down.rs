@@ -9,32 +9,11 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::kdc::{mit_kdc_pid, Frozen};
 use common::lab::lab;
 use kcdproxy::error::ErrorKind;
 use kcdproxy::kcd::pool::BlockingPool;
 use kcdproxy::kcd::{CacheOutcome, DelegationConfig, DelegationError, Delegator, Subject};
-
-/// SIGSTOPs a process for as long as it lives.
-struct Frozen(libc::pid_t);
-
-impl Frozen {
-    fn new(pid: libc::pid_t) -> Frozen {
-        // SAFETY: kill(2) on a pid we read from the lab's pid file; no memory involved.
-        assert_eq!(
-            unsafe { libc::kill(pid, libc::SIGSTOP) },
-            0,
-            "SIGSTOP {pid}"
-        );
-        Frozen(pid)
-    }
-}
-
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        // SAFETY: as above.
-        unsafe { libc::kill(self.0, libc::SIGCONT) };
-    }
-}
 
 #[test]
 fn a_frozen_kdc_costs_new_users_kdc_timeout_and_cached_users_nothing() {
@@ -42,12 +21,7 @@ fn a_frozen_kdc_costs_new_users_kdc_timeout_and_cached_users_nothing() {
     std::env::set_var("KRB5_CONFIG", &lab.krb5_config);
     std::env::set_var("KRB5RCACHEDIR", &lab.rcache_dir);
     let realm = &lab.mit;
-    let pid_file = lab.dir.join("mit/krb5kdc.pid");
-    let pid: libc::pid_t = std::fs::read_to_string(&pid_file)
-        .unwrap_or_else(|e| panic!("{}: {e}", pid_file.display()))
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = mit_kdc_pid(lab);
     let timeout = Duration::from_millis(1500);
     let mut cfg = DelegationConfig::new(realm.proxy_keytab.clone(), realm.proxy_principal.clone());
     cfg.kdc_timeout = timeout;

@@ -11,26 +11,19 @@
 mod auth;
 mod common;
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Barrier, Mutex, MutexGuard, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Barrier, Mutex, MutexGuard};
 
 use auth::{auth_header, curl, nonce, Conn, Proxy};
-use common::lab::{lab, Lab, Realm, User};
+use common::kdc::{krb5_lab, mit_s4u, S4uCounts};
+use common::lab::{Lab, Realm, User};
 
 /// (scheme, curl arguments, environment)
 type Case<'a> = (&'a str, Vec<&'a str>, &'a [(&'a str, &'a Path)]);
 
 fn setup() -> &'static Lab {
-    static ENV: OnceLock<()> = OnceLock::new();
-    let lab = lab();
-    ENV.get_or_init(|| {
-        std::env::set_var("KRB5_CONFIG", &lab.krb5_config);
-        std::env::set_var("KRB5RCACHEDIR", &lab.rcache_dir);
-    });
-    lab
+    krb5_lab()
 }
 
 fn serial() -> MutexGuard<'static, ()> {
@@ -40,14 +33,6 @@ fn serial() -> MutexGuard<'static, ()> {
 
 fn is_ad(lab: &Lab, realm: &Realm) -> bool {
     realm.name == lab.ad.name
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A delegating proxy for `realm`, with its metrics port.
@@ -64,7 +49,7 @@ fn start_proxy(lab: &Lab, realm: &Realm, extra: &[&str]) -> (Proxy, u16) {
     let bs = &lab.backend.https_url;
     let spn = &lab.backend_spn;
     let auth = "auth=negotiate,ntlm,basic";
-    let metrics = free_port();
+    let metrics = common::free_port();
     let mut args: Vec<String> = vec![
         "--route".into(),
         format!("/={b};{auth};spn={spn}"),
@@ -132,25 +117,37 @@ fn named(r: &auth::Response) -> String {
         .to_string()
 }
 
-/// Lines of the MIT KDC's log containing `needle` (after a moment for the last to land).
-fn mit_log_count(lab: &Lab, needle: &str) -> usize {
-    std::thread::sleep(Duration::from_millis(200));
-    std::fs::read_to_string(lab.log_dir.join("krb5kdc.log"))
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains(needle))
-        .count()
-}
-
-/// (S4U2Self, S4U2Proxy) lines the MIT KDC logged for `principal`.
-fn mit_s4u(lab: &Lab, principal: &str) -> (usize, usize) {
-    (
-        mit_log_count(lab, &format!("PROTOCOL-TRANSITION s4u-client={principal}")),
-        mit_log_count(
-            lab,
-            &format!("CONSTRAINED-DELEGATION s4u-client={principal}"),
-        ),
-    )
+/// Asserts the proxy's own S4U counters (and, on MIT, the KDC's log since `before`).
+fn assert_s4u(
+    lab: &Lab,
+    realm: &Realm,
+    metrics: u16,
+    principal: &str,
+    before: S4uCounts,
+    want: S4uCounts,
+) {
+    let got = (
+        metric(metrics, "kcdproxy_kdc_s4u2self_total") as usize,
+        metric(metrics, "kcdproxy_kdc_s4u2proxy_total") as usize,
+    );
+    assert_eq!(
+        got,
+        (want.s4u2self, want.s4u2proxy),
+        "{}: proxy's (S4U2Self, S4U2Proxy)",
+        realm.name
+    );
+    if !is_ad(lab, realm) {
+        let after = mit_s4u(lab, principal);
+        assert_eq!(
+            (
+                after.s4u2self - before.s4u2self,
+                after.s4u2proxy - before.s4u2proxy
+            ),
+            (want.s4u2self, want.s4u2proxy),
+            "{}: (S4U2Self, S4U2Proxy) in the MIT KDC's log",
+            realm.name
+        );
+    }
 }
 
 fn kinit(realm: &Realm, user: &User, ccache: &str) {
@@ -314,11 +311,11 @@ fn two_hundred_requests_on_four_connections_cost_one_s4u2self_and_one_s4u2proxy(
     for t in threads {
         t.join().unwrap();
     }
-    let after = mit_s4u(lab, &principal);
-    assert_eq!(after.0, before.0 + 1, "S4U2Self at the KDC");
-    assert_eq!(after.1, before.1 + 1, "S4U2Proxy at the KDC");
-    assert_eq!(metric(metrics, "kcdproxy_kdc_s4u2self_total"), 1);
-    assert_eq!(metric(metrics, "kcdproxy_kdc_s4u2proxy_total"), 1);
+    let one = S4uCounts {
+        s4u2self: 1,
+        s4u2proxy: 1,
+    };
+    assert_s4u(lab, realm, metrics, &principal, before, one);
     // Connections to the backend are per user and reused: most requests need no new ticket.
     let none = metric(
         metrics,
@@ -355,22 +352,11 @@ fn fifty_concurrent_first_requests_by_one_user_cost_one_exchange() {
             assert_eq!(r.status, 200, "{}", r.text());
             assert_eq!(named(&r), principal);
         }
-        assert_eq!(
-            metric(metrics, "kcdproxy_kdc_s4u2self_total"),
-            1,
-            "{}",
-            realm.name
-        );
-        assert_eq!(
-            metric(metrics, "kcdproxy_kdc_s4u2proxy_total"),
-            1,
-            "{}",
-            realm.name
-        );
-        if !is_ad(lab, realm) {
-            let after = mit_s4u(lab, &principal);
-            assert_eq!((after.0, after.1), (before.0 + 1, before.1 + 1));
-        }
+        let one = S4uCounts {
+            s4u2self: 1,
+            s4u2proxy: 1,
+        };
+        assert_s4u(lab, realm, metrics, &principal, before, one);
     }
 }
 
@@ -472,22 +458,11 @@ fn a_kerberos_client_is_delegated_with_its_own_ticket_and_no_s4u2self() {
             log.contains("auth=negotiate-kerberos") && log.contains("ticket=miss"),
             "{log}"
         );
-        assert_eq!(
-            metric(metrics, "kcdproxy_kdc_s4u2self_total"),
-            0,
-            "{}",
-            realm.name
-        );
-        assert_eq!(
-            metric(metrics, "kcdproxy_kdc_s4u2proxy_total"),
-            1,
-            "{}",
-            realm.name
-        );
-        if !is_ad(lab, realm) {
-            let after = mit_s4u(lab, &principal);
-            assert_eq!(after.0, before.0, "no S4U2Self at the KDC");
-            assert_eq!(after.1, before.1 + 1, "one S4U2Proxy at the KDC");
-        }
+        // S4U2Proxy only: no S4U2Self at the proxy or the KDC.
+        let evidence_only = S4uCounts {
+            s4u2self: 0,
+            s4u2proxy: 1,
+        };
+        assert_s4u(lab, realm, metrics, &principal, before, evidence_only);
     }
 }

@@ -14,29 +14,8 @@ use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use auth::{auth_header, curl, Conn, Proxy};
+use common::kdc::{mit_kdc_pid, Frozen};
 use common::lab::{lab, User};
-
-/// SIGSTOPs a process for as long as it lives.
-struct Frozen(libc::pid_t);
-
-impl Frozen {
-    fn new(pid: libc::pid_t) -> Frozen {
-        // SAFETY: kill(2) on the pid from the lab's pid file; no memory is involved.
-        assert_eq!(
-            unsafe { libc::kill(pid, libc::SIGSTOP) },
-            0,
-            "SIGSTOP {pid}"
-        );
-        Frozen(pid)
-    }
-}
-
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        // SAFETY: as above.
-        unsafe { libc::kill(self.0, libc::SIGCONT) };
-    }
-}
 
 fn basic(user: &User) -> String {
     auth_header(
@@ -49,12 +28,7 @@ fn basic(user: &User) -> String {
 fn a_frozen_kdc_stops_only_new_users_and_only_for_the_kdc_timeout() {
     let lab = lab();
     let realm = &lab.mit;
-    let pid_file = lab.dir.join("mit/krb5kdc.pid");
-    let pid: libc::pid_t = std::fs::read_to_string(&pid_file)
-        .unwrap_or_else(|e| panic!("{}: {e}", pid_file.display()))
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = mit_kdc_pid(lab);
     let metrics = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -14,7 +14,7 @@ mod common;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::lab::{lab, Lab, Realm};
+use common::lab::{Lab, Realm};
 use kcdproxy::auth::kerberos::{
     parse_token, AcceptorConfig, InitiatorMech, KerberosAcceptor, KerberosError, KerberosInitiator,
     KrbWrapping,
@@ -25,15 +25,7 @@ use kcdproxy::kcd::pool::BlockingPool;
 /// test makes a Kerberos call (every test calls this first, and the `OnceLock` makes the
 /// others wait), so no thread reads the environment while it changes.
 fn setup() -> &'static Lab {
-    static ENV: OnceLock<()> = OnceLock::new();
-    let lab = lab();
-    ENV.get_or_init(|| {
-        std::env::set_var("KRB5_CONFIG", &lab.krb5_config);
-        std::env::set_var("KRB5RCACHEDIR", &lab.rcache_dir);
-        std::env::remove_var("KRB5RCACHETYPE");
-        std::env::remove_var("KRB5_KTNAME");
-    });
-    lab
+    common::kdc::krb5_lab()
 }
 
 /// alice logged in to `realm` once per test binary (one AS exchange).

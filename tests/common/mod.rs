@@ -15,6 +15,7 @@ pub mod certs;
 pub mod client;
 pub mod curl;
 pub mod echo;
+pub mod kdc;
 pub mod lab;
 pub mod pattern;
 pub mod proxy;
