@@ -47,15 +47,13 @@
 //! ## Refusals
 //!
 //! The KDC says `KDC_ERR_BADOPTION` for a sensitive user, an SPN outside the proxy's list, and
-//! protocol transition turned off. MIT marks an impersonated credential usable for S4U2Proxy
-//! only when it sees a forwardable S4U2Self ticket; when it does not, the user cannot be
-//! delegated ([`Refusal::UserNotDelegable`], 403) and no S4U2Proxy is sent. Against both lab
-//! KDCs a sensitive user's S4U2Self credential passes that check anyway, so a refused
-//! S4U2Proxy after S4U2Self is told apart by what this process has seen: an SPN that worked
-//! for another user is allowed, so the user is the problem (403); an SPN never granted is
-//! blamed ([`Refusal::SpnNotAllowed`], 502: configuration between proxy and backend). See
-//! `Inner::refine_refusal` for the case this gets wrong. For Evidence there is no signal at
-//! all: [`Refusal::KdcRefused`] (403).
+//! protocol transition turned off. The tickets tell them apart ([`super::tickets`] reads the
+//! flags GSS-API does not show): an S4U2Self ticket — or a Kerberos client's evidence ticket —
+//! without the forwardable flag means the user cannot be delegated
+//! ([`Refusal::UserNotDelegable`], 403) and no S4U2Proxy is sent; a refused S4U2Proxy with a
+//! forwardable ticket is the SPN's ([`Refusal::SpnNotAllowed`], 502: configuration between
+//! proxy and backend). Only when the flags cannot be read does `Inner::refine_refusal` fall
+//! back to history (an SPN that worked for someone is allowed).
 //!
 //! ## Channel bindings
 //!
@@ -767,6 +765,8 @@ impl Inner {
         &self,
         job: &Exchange,
     ) -> Result<(Ticket, Instant, ClientCtx, Vec<u8>), DelegationError> {
+        // Whether the ticket flags showed the user delegable (then a refusal is the SPN's).
+        let mut user_checked = false;
         let (cred, phase) = match &job.evidence {
             Some(evidence) => {
                 // The evidence must be the principal's own: never cache one user's ticket
@@ -776,6 +776,14 @@ impl Inner {
                     return Err(DelegationError::BadName(
                         "evidence credential is not the principal's",
                     ));
+                }
+                // A client ticket without the forwardable flag cannot be evidence: the KDC
+                // would refuse S4U2Proxy (AD issues none for sensitive accounts).
+                if forwardable(evidence) == Some(false) {
+                    return Err(DelegationError::Refused {
+                        reason: Refusal::UserNotDelegable,
+                        detail: "the client's ticket is not forwardable".into(),
+                    });
                 }
                 (evidence.clone(), Phase::S4u2ProxyEvidence)
             }
@@ -789,17 +797,26 @@ impl Inner {
                 let cred = proxy
                     .impersonate(&user, None, CredUsage::Initiate, Some(&mechs))
                     .map_err(|e| classify(e.into(), Phase::S4u2Self))?;
-                // MIT records the impersonator only when the S4U2Self ticket is forwardable
-                // (without it S4U2Proxy can only fail): no impersonator = not delegable.
-                match cred.proxy() {
-                    Ok(Some(_)) => {}
-                    Ok(None) => {
-                        return Err(DelegationError::Refused {
-                            reason: Refusal::UserNotDelegable,
-                            detail: "S4U2Self ticket is not forwardable".into(),
-                        })
+                // Without the forwardable flag on the S4U2Self ticket S4U2Proxy can only fail,
+                // and the KDC would say so with the same code as for an SPN outside the
+                // proxy's list: the flag is what tells "this user" from "this SPN".
+                let user_ok = match forwardable(&cred) {
+                    Some(ok) => {
+                        user_checked = true;
+                        Some(ok)
                     }
-                    Err(e) => return Err(gss(e)),
+                    // Flags unreadable: MIT records the impersonator only for a forwardable
+                    // S4U2Self ticket.
+                    None => match cred.proxy() {
+                        Ok(p) => Some(p.is_some()),
+                        Err(e) => return Err(gss(e)),
+                    },
+                };
+                if user_ok == Some(false) {
+                    return Err(DelegationError::Refused {
+                        reason: Refusal::UserNotDelegable,
+                        detail: "S4U2Self ticket is not forwardable".into(),
+                    });
                 }
                 (cred, Phase::S4u2ProxyTransition)
             }
@@ -809,7 +826,11 @@ impl Inner {
             first_step(&cred, &job.target, job.cb.as_deref()).map_err(|e| match e {
                 StepError::Status(s) => {
                     let e = classify(s, phase);
-                    self.refine_refusal(e, &job.target)
+                    if user_checked {
+                        e // the user's ticket is forwardable: the SPN is what was refused
+                    } else {
+                        self.refine_refusal(e, &job.target)
+                    }
                 }
                 StepError::Other(e) => e,
             })?;
@@ -827,21 +848,22 @@ impl Inner {
         let now = Instant::now();
         let ctx_left = ctx.lifetime().ok().filter(|d| !d.is_zero());
         let cred_left = cred.lifetime().ok().filter(|d| !d.is_zero());
-        let left = match (ctx_left, cred_left) {
-            (Some(a), Some(b)) => a.min(b),
-            (Some(a), None) | (None, Some(a)) => a,
-            (None, None) => Duration::ZERO,
-        };
+        // The backend's own service ticket, when libkrb5 can read it: a KDC policy may give
+        // it a shorter life than the user's ticket.
+        let ticket_left = service_ticket_left(&cred, &job.target);
+        let left = [ctx_left, cred_left, ticket_left]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(Duration::ZERO);
         Ok((Ticket { cred }, now + left, ctx, token))
     }
 
-    /// A Transition S4U2Proxy refusal after S4U2Self: the KDC gives the same code for a
-    /// sensitive user and an SPN outside the proxy's list (and both lab KDCs hand out an
-    /// S4U2Self ticket that MIT marks usable for S4U2Proxy even for a sensitive user, so the
-    /// forwardable check does not catch it). If this SPN has worked for another user since
-    /// start-up, the SPN is allowed and the user is the problem; otherwise the SPN is blamed.
-    /// A heuristic: a sensitive user who is the first to ask for a new SPN is reported as
-    /// `spn_not_allowed` (502) for the negative TTL.
+    /// A Transition S4U2Proxy refusal after S4U2Self when the S4U2Self ticket's flags could
+    /// not be read (normally they are: see [`crate::kcd::tickets`]). The KDC gives the same
+    /// code for a sensitive user and an SPN outside the proxy's list, so this falls back to
+    /// history: if this SPN has worked for another user since start-up, the SPN is allowed
+    /// and the user is the problem; otherwise the SPN is blamed.
     fn refine_refusal(&self, e: DelegationError, target: &str) -> DelegationError {
         match e {
             DelegationError::Refused {
@@ -1032,6 +1054,39 @@ fn classify(s: GssStatus, phase: Phase) -> DelegationError {
         },
         _ => DelegationError::Gss(s.to_string()),
     }
+}
+
+/// Whether the credential's (non-TGT) tickets are forwardable: `None` when libkrb5 cannot
+/// read them or the credential holds none.
+fn forwardable(cred: &Cred) -> Option<bool> {
+    let tickets = match crate::kcd::tickets::tickets_of(cred) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::debug!(error = %e, "reading the credential's tickets");
+            return None;
+        }
+    };
+    let mut service = tickets
+        .iter()
+        .filter(|t| !crate::kcd::tickets::is_tgt(&t.server))
+        .peekable();
+    service.peek()?;
+    Some(service.any(|t| t.forwardable))
+}
+
+/// How long the ticket for `target` in `cred` has left, if libkrb5 can read it.
+fn service_ticket_left(cred: &Cred, target: &str) -> Option<Duration> {
+    let tickets = crate::kcd::tickets::tickets_of(cred).ok()?;
+    let end = tickets
+        .iter()
+        .filter(|t| t.server == target)
+        .map(|t| t.endtime)
+        .min()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    Some(Duration::from_secs(u64::from(end).saturating_sub(now)))
 }
 
 #[cfg(test)]

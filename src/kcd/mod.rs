@@ -30,7 +30,8 @@
 //! - [`cache`] (private): the delegated-ticket cache shared by all cores: single-flight per
 //!   (user, SPN), refresh ahead of expiry, negative cache of refusals, size bound.
 //! - [`cred`]: credentials from an explicit store (`gss_acquire_cred_from`: keytab, client
-//!   keytab, ccache, rcache) and readable GSS status codes; the Kerberos code's only FFI.
+//!   keytab, ccache, rcache) and readable GSS status codes.
+//! - [`tickets`]: a credential's tickets (flags, end times) read with libkrb5 — the other FFI.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
@@ -38,6 +39,7 @@ mod cache;
 pub mod cred;
 pub mod delegate;
 pub mod pool;
+pub mod tickets;
 
 pub use cred::{CredStore, GssStatus};
 pub use delegate::{
