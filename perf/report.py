@@ -56,6 +56,9 @@ def main():
     if env.get("suite") == "deleg":
         deleg_report(raw, lines, env, end)
         return
+    if env.get("suite") == "auth":
+        auth_report(raw, lines, env, end)
+        return
     loads = [l for l in lines if l["kind"] == "load"]
     idles = [l for l in lines if l["kind"] == "idle"]
 
@@ -165,6 +168,94 @@ def main():
         for r in loads:
             row = {**r, **(r.get("result") or {}), "noise_pct": noise_pct(r)}
             w.writerow(row)
+
+
+# ---- perf/run.sh --scenario auth: client authentication without delegation -------------------
+
+AUTH_ORDER = ["kcdproxy", "kcdproxy-basic", "kcdproxy-ntlm", "direct"]
+AUTH_LABEL = {
+    "kcdproxy": "kcdproxy anonymous",
+    "kcdproxy-basic": "kcdproxy auth=basic",
+    "kcdproxy-ntlm": "kcdproxy auth=ntlm",
+    "direct": "direct (origin)",
+}
+GOAL_AUTH_ANON = 0.95
+
+
+def auth_report(raw, lines, env, end):
+    loads = [l for l in lines if l["kind"] == "load"]
+    out = []
+    p = out.append
+    p(f"## kcdproxy authentication perf run {env.get('stamp', '?')}")
+    p("")
+    p(
+        f"- {env.get('date', '?')}, {env.get('host_cpus', '?')} CPUs ({env.get('cpu_model', '?')}), "
+        f"kernel {env.get('kernel', '?')}; load average {env.get('loadavg_start', '?')} at start, "
+        f"{end.get('loadavg_end', '?')} at end"
+    )
+    p(
+        f"- one kcdproxy (CPU {env.get('proxy_cpu')}) with three routes to the same origin nginx "
+        f"(CPU {env.get('load_cpu')}, with kcdload): anonymous, auth=basic (local NT-hash check on "
+        f"every request), auth=ntlm (one handshake per keep-alive connection, in the warm-up); "
+        f"{env.get('users')} users; {env.get('warmup_s')} s warm-up + {env.get('duration_s')} s "
+        f"measured, {env.get('rounds')} round(s), median round shown"
+        f"{' (quick smoke mode)' if env.get('quick') else ''}"
+    )
+    p(f"- kcdproxy {env.get('kcdproxy_rev', '?')}; states: "
+      + ", ".join(f"{k} {v}" for k, v in env.get("states", {}).items()))
+    p("")
+    p(
+        "| scenario | target | req/s | req/s ×anon | p50 µs | p99 µs | CPU µs/req | CPU µs/req − anon "
+        "| CPU % | errors | noise % |"
+    )
+    p("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+    scenarios = {}
+    for r in loads:
+        scenarios.setdefault((r["mode"], r["size"], r["conns"]), {}).setdefault(r["target"], []).append(r)
+    verdicts = []
+    for key, by_target in scenarios.items():
+        shown = {t: median_round(rs) for t, rs in by_target.items()}
+        base = (shown.get("kcdproxy") or {}).get("result") or {}
+        for t in sorted(shown, key=lambda t: AUTH_ORDER.index(t) if t in AUTH_ORDER else 99):
+            run, res = shown[t], shown[t].get("result")
+            name = scenario_name(run)
+            if not res:
+                why = run.get("state") if run.get("state") != "ok" else "kcdload failed"
+                p(f"| {name} | {AUTH_LABEL.get(t, t)} | {why} | — | — | — | — | — | — | — | — |")
+                continue
+            cpu, cpu0 = res.get("target_cpu_us_per_req"), base.get("target_cpu_us_per_req")
+            dcpu = None if cpu is None or cpu0 is None or t == "direct" else cpu - cpu0
+            p(
+                f"| {name} | {AUTH_LABEL.get(t, t)} | {fmt(res['rps'])} | {fmt(ratio(res['rps'], base.get('rps')), 2)} "
+                f"| {fmt(res['p50_us'], 1)} | {fmt(res['p99_us'], 1)} | {fmt(cpu, 1)} | {fmt(dcpu, 1)} "
+                f"| {fmt(res.get('target_cpu_pct'))} | {res['errors']} | {fmt(noise_pct(run))} |"
+            )
+            if t in ("kcdproxy-basic", "kcdproxy-ntlm") and base:
+                rr = ratio(res["rps"], base.get("rps"))
+                # CPU-bound rate: the rate a fully busy proxy core would give, anon CPU / auth CPU.
+                cr = ratio(cpu0, cpu)
+                verdicts.append(
+                    f"- {name}, {t.split('-')[1]}/anonymous: req/s {fmt(rr, 3)}, CPU-bound rate "
+                    f"(anonymous CPU µs/req ÷ this one's) {fmt(cr, 3)} — goal ≥ {GOAL_AUTH_ANON:.2f}: "
+                    f"req/s {'met' if rr is not None and rr >= GOAL_AUTH_ANON else 'NOT met'}, CPU "
+                    f"{'met' if cr is not None and cr >= GOAL_AUTH_ANON else 'NOT met'}"
+                )
+    p("")
+    p(f"Authenticated keep-alive vs anonymous (goal ≥ {GOAL_AUTH_ANON:.2f}×, same process, same run):")
+    p("")
+    out.extend(verdicts)
+    print("\n".join(out))
+
+    fields = [
+        "mode", "size", "conns", "target", "round", "state", "rps", "p50_us", "p90_us", "p99_us",
+        "p999_us", "max_us", "mean_us", "requests", "errors", "connects", "users",
+        "target_cpu_us_per_req", "target_cpu_pct", "loadgen_cpu_pct", "noise_pct", "first_error",
+    ]
+    with open(raw.with_suffix(".csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        for r in loads:
+            w.writerow({**r, **(r.get("result") or {}), "noise_pct": noise_pct(r)})
 
 
 # ---- perf/deleg.sh: delegated traffic ----------------------------------------------------------
