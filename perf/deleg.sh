@@ -34,7 +34,8 @@ usage: perf/deleg.sh [options]        (or perf/run.sh --scenario deleg [options]
   --users N          load users perfload001… (env PERF_USERS, default 100)
   --per-conn N       requests per connection in deleg-newconn (env PERF_PER_CONN, default 1)
   --cold N           never-seen users timed one by one (env PERF_COLD_USERS, default 20; 0 skips)
-  --no-identity-check  skip asking the backend who each load user arrived as (after the load)
+  --no-identity-check  skip the pass before the load that sends each load user once through each
+                     delegating target (warm-up) and checks who the backend saw
   --delete-users     remove the perfload*/perfcold* users from the lab's AD and exit
 env: PROXY_CPU (0), LOAD_CPU (1), KCDPROXY_BIN, CARGO_TARGET_DIR, KCDPROXY_START_TIMEOUT (5 s),
      KCD_LAB_DIR (the lab's state directory), PERF_GW_KRB5_TRACE (a file www-data may write:
@@ -412,6 +413,37 @@ mkdir -p "$RESULTS"
   printf '"states":%s}\n' "$(states_json)"
 } > "$RAW"
 
+# ---- real delegation? (and warm-up) -------------------------------------------------------------
+# Before the load: every load user once through each delegating target, and the backend must name
+# that user (X-Remote-User, the client of the Kerberos ticket the proxy presented). This is also
+# the targets' warm-up: each user's ticket is cached and a backend connection authenticated, so
+# the load runs measure the steady state (a never-seen user's cost is the cold-user step below);
+# without it deleg-newconn, which cycles through all users, would spend its window on the first
+# S4U exchanges of the users deleg-keepalive never reached. The counters after it: S4U2Self should
+# be the number of distinct users, and stay there through the load.
+if [ "$IDENTITY_CHECK" = 1 ]; then
+  for t in kcdproxy-kcd kcdproxy-kcd-ntlm; do
+    case " $TARGETS " in *" $t "*) ;; *) continue ;; esac
+    [ "${STATE[$t]}" = ok ] || continue
+    log "warm-up + identity check: each of the $USERS load users through $t, as the backend sees them"
+    checked=0 matched=0 mismatch=""
+    while IFS= read -r cred; do
+      u=${cred%%:*}
+      got=$(curl -sS -o /dev/null -D - --max-time 15 "${CURL_AUTH[$t]}" -u "$cred" \
+        "http://127.0.0.1:${PORT[$t]}${PATH_OF[$t]}" 2>/dev/null |
+        tr -d '\r' | sed -n 's/^[Xx]-[Rr]emote-[Uu]ser: *//p' | tail -1)
+      checked=$((checked + 1))
+      if [ "$got" = "$u@$KCD_LAB_AD_REALM" ]; then
+        matched=$((matched + 1))
+      elif [ -z "$mismatch" ]; then
+        mismatch="$u → ${got:-no X-Remote-User}"
+      fi
+    done < "$TMP/users"
+    printf '{"kind":"identity","target":"%s","users":%s,"checked":%s,"matched":%s,"first_mismatch":%s,"metrics":%s}\n' \
+      "$t" "$USERS" "$checked" "$matched" "$(json_esc "$mismatch")" "$(metrics "$t")" >> "$RAW"
+  done
+fi
+
 # ---- load -----------------------------------------------------------------------------------
 n=0; for _ in $SCENARIOS; do for _ in $CONNS; do n=$((n + 1)); done; done
 log "$n scenarios × ($TARGETS) × $ROUNDS round(s), ${WARMUP}s + ${DURATION}s each, $USERS users"
@@ -453,33 +485,6 @@ for scen in $SCENARIOS; do
     done
   done
 done
-
-# ---- real delegation? -----------------------------------------------------------------------
-# The backend names the user its Kerberos ticket was for (X-Remote-User): every load user, through
-# each delegating target, must come back as itself. Then the target's counters over its whole life
-# (S4U2Self should be about the number of distinct users, not of requests).
-if [ "$IDENTITY_CHECK" = 1 ]; then
-  for t in kcdproxy-kcd kcdproxy-kcd-ntlm; do
-    case " $TARGETS " in *" $t "*) ;; *) continue ;; esac
-    [ "${STATE[$t]}" = ok ] || continue
-    log "identity check: each of the $USERS load users through $t, as the backend sees them"
-    checked=0 matched=0 mismatch=""
-    while IFS= read -r cred; do
-      u=${cred%%:*}
-      got=$(curl -sS -o /dev/null -D - --max-time 15 "${CURL_AUTH[$t]}" -u "$cred" \
-        "http://127.0.0.1:${PORT[$t]}${PATH_OF[$t]}" 2>/dev/null |
-        tr -d '\r' | sed -n 's/^[Xx]-[Rr]emote-[Uu]ser: *//p' | tail -1)
-      checked=$((checked + 1))
-      if [ "$got" = "$u@$KCD_LAB_AD_REALM" ]; then
-        matched=$((matched + 1))
-      elif [ -z "$mismatch" ]; then
-        mismatch="$u → ${got:-no X-Remote-User}"
-      fi
-    done < "$TMP/users"
-    printf '{"kind":"identity","target":"%s","users":%s,"checked":%s,"matched":%s,"first_mismatch":%s,"metrics":%s}\n' \
-      "$t" "$USERS" "$checked" "$matched" "$(json_esc "$mismatch")" "$(metrics "$t")" >> "$RAW"
-  done
-fi
 
 # ---- cold users -----------------------------------------------------------------------------
 # Each never-seen user: a first request (the proxy must do S4U2Self + S4U2Proxy and open an

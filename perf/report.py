@@ -326,8 +326,8 @@ def deleg_check(p, runs, identities):
         p("")
         p(
             f"- {i['target']}: the backend's X-Remote-User for each of the {i['users']} load users: "
-            f"{i['matched']} of {i['checked']} as `user@REALM` ({verdict}). Over the process's life "
-            f"(load, these checks): {fmt(msum(m, dr))} delegated requests, "
+            f"{i['matched']} of {i['checked']} as `user@REALM` ({verdict}), one request each before the "
+            f"load (the warm-up). The proxy's counters then: {fmt(msum(m, dr))} delegated requests, "
             f"{fmt(m.get('kcdproxy_kdc_s4u2self_total'))} S4U2Self, "
             f"{fmt(m.get('kcdproxy_kdc_s4u2proxy_total'))} S4U2Proxy, "
             f"{fmt(m.get('kcdproxy_ticket_cache_hits_total'))} ticket cache hits, "
