@@ -34,6 +34,8 @@ usage: perf/deleg.sh [options]        (or perf/run.sh --scenario deleg [options]
   --users N          load users perfload001… (env PERF_USERS, default 100)
   --per-conn N       requests per connection in deleg-newconn (env PERF_PER_CONN, default 1)
   --cold N           never-seen users timed one by one (env PERF_COLD_USERS, default 20; 0 skips)
+  --no-identity-check  skip the pass before the load that sends each load user once through each
+                     delegating target (warm-up) and checks who the backend saw
   --delete-users     remove the perfload*/perfcold* users from the lab's AD and exit
 env: PROXY_CPU (0), LOAD_CPU (1), KCDPROXY_BIN, CARGO_TARGET_DIR, KCDPROXY_START_TIMEOUT (5 s),
      KCD_LAB_DIR (the lab's state directory), PERF_GW_KRB5_TRACE (a file www-data may write:
@@ -57,6 +59,7 @@ START_TIMEOUT=${KCDPROXY_START_TIMEOUT:-5}
 BUILD=1
 QUICK=0
 DELETE_USERS=0
+IDENTITY_CHECK=1
 LOAD_PREFIX=perfload
 COLD_PREFIX=perfcold
 
@@ -75,6 +78,7 @@ while [ $# -gt 0 ]; do
     --per-conn) PER_CONN=$2; shift ;;
     --cold) COLD=$2; shift ;;
     --delete-users) DELETE_USERS=1 ;;
+    --no-identity-check) IDENTITY_CHECK=0 ;;
     --scenario) [ "$2" = deleg ] || { echo "deleg.sh: --scenario $2: only 'deleg' is here" >&2; exit 2; }; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "deleg.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
@@ -194,13 +198,16 @@ chmod 600 "$TMP/users" "$HASHES"
 FIRST_USER=$(head -1 "$TMP/users")
 
 # ---- ports ------------------------------------------------------------------------------------
-read -r P_PLAIN P_KCD P_KCDN P_GW < <(
+read -r P_PLAIN P_KCD P_KCDN P_GW P_KCD_M P_KCDN_M < <(
   python3 -c 'import socket
-ss = [socket.socket() for _ in range(4)]
+ss = [socket.socket() for _ in range(6)]
 for s in ss: s.bind(("127.0.0.1", 0))
 print(" ".join(str(s.getsockname()[1]) for s in ss))')
 BACKEND=$KCD_LAB_BACKEND_HTTP   # 127.0.0.1:PORT
 declare -A PORT=([kcdproxy-plain]=$P_PLAIN [kcdproxy-kcd]=$P_KCD [kcdproxy-kcd-ntlm]=$P_KCDN [apache-gw]=$P_GW)
+# The delegating kcdproxy targets serve their counters (--metrics-listen): S4U exchanges, ticket
+# cache hits, KDC latency, read around every load run and every cold user's first request.
+declare -A METRICS_PORT=([kcdproxy-kcd]=$P_KCD_M [kcdproxy-kcd-ntlm]=$P_KCDN_M)
 declare -A PATH_OF=([kcdproxy-plain]=/public/hello.txt [kcdproxy-kcd]=/whoami [kcdproxy-kcd-ntlm]=/whoami [apache-gw]=/whoami)
 # How the load authenticates (kcdload flag) and how curl does (up check, cold users).
 declare -A LOAD_AUTH=([kcdproxy-plain]=--basic-users [kcdproxy-kcd]=--basic-users
@@ -341,6 +348,15 @@ up() {
   STATE[$name]=ok
 }
 
+# metrics TARGET: the target's Prometheus counters as one JSON object ({} when it has none or
+# does not answer); labels stay in the key, e.g. "kcdproxy_delegated_requests_total{ticket=\"hit\"}".
+metrics() {
+  local port=${METRICS_PORT[$1]:-}
+  [ -n "$port" ] || { printf '{}'; return 0; }
+  curl -sS --max-time 5 "http://127.0.0.1:$port/metrics" 2>/dev/null |
+    awk 'BEGIN { printf "{" } !/^#/ && NF == 2 { gsub(/"/, "\\\"", $1); printf "%s\"%s\":%s", sep, $1, $2; sep = "," } END { printf "}" }'
+}
+
 KCD_ENV=(env KRB5_CONFIG="$KRB5_CONFIG" KRB5RCACHEDIR="$TMP/rcache-kcd")
 mkdir -p "$TMP/rcache-kcd"
 for t in $TARGETS; do
@@ -357,7 +373,8 @@ for t in $TARGETS; do
         auth=basic; [ "$t" = kcdproxy-kcd-ntlm ] && auth=ntlm
         args+=(--keytab "$KCD_LAB_AD_PROXY_KEYTAB" --kerberos-login "$KCD_LAB_AD_PROXY_PRINCIPAL"
                --realm "$KCD_LAB_AD_REALM" --ntlm-hash-file "$HASHES"
-               --route "/=http://$BACKEND;auth=$auth;spn=$KCD_LAB_BACKEND_SPN" --basic-over-http)
+               --route "/=http://$BACKEND;auth=$auth;spn=$KCD_LAB_BACKEND_SPN" --basic-over-http
+               --metrics-listen "127.0.0.1:${METRICS_PORT[$t]}")
       fi
       start "$t" "$TMP/$t.log" "$PROXY_CPU" "${KCD_ENV[@]}" "$KCDPROXY_BIN" "${args[@]}"
       up "$t" "$START_TIMEOUT" "$TMP/$t.log"
@@ -396,6 +413,37 @@ mkdir -p "$RESULTS"
   printf '"states":%s}\n' "$(states_json)"
 } > "$RAW"
 
+# ---- real delegation? (and warm-up) -------------------------------------------------------------
+# Before the load: every load user once through each delegating target, and the backend must name
+# that user (X-Remote-User, the client of the Kerberos ticket the proxy presented). This is also
+# the targets' warm-up: each user's ticket is cached and a backend connection authenticated, so
+# the load runs measure the steady state (a never-seen user's cost is the cold-user step below);
+# without it deleg-newconn, which cycles through all users, would spend its window on the first
+# S4U exchanges of the users deleg-keepalive never reached. The counters after it: S4U2Self should
+# be the number of distinct users, and stay there through the load.
+if [ "$IDENTITY_CHECK" = 1 ]; then
+  for t in kcdproxy-kcd kcdproxy-kcd-ntlm; do
+    case " $TARGETS " in *" $t "*) ;; *) continue ;; esac
+    [ "${STATE[$t]}" = ok ] || continue
+    log "warm-up + identity check: each of the $USERS load users through $t, as the backend sees them"
+    checked=0 matched=0 mismatch=""
+    while IFS= read -r cred; do
+      u=${cred%%:*}
+      got=$(curl -sS -o /dev/null -D - --max-time 15 "${CURL_AUTH[$t]}" -u "$cred" \
+        "http://127.0.0.1:${PORT[$t]}${PATH_OF[$t]}" 2>/dev/null |
+        tr -d '\r' | sed -n 's/^[Xx]-[Rr]emote-[Uu]ser: *//p' | tail -1)
+      checked=$((checked + 1))
+      if [ "$got" = "$u@$KCD_LAB_AD_REALM" ]; then
+        matched=$((matched + 1))
+      elif [ -z "$mismatch" ]; then
+        mismatch="$u → ${got:-no X-Remote-User}"
+      fi
+    done < "$TMP/users"
+    printf '{"kind":"identity","target":"%s","users":%s,"checked":%s,"matched":%s,"first_mismatch":%s,"metrics":%s}\n' \
+      "$t" "$USERS" "$checked" "$matched" "$(json_esc "$mismatch")" "$(metrics "$t")" >> "$RAW"
+  done
+fi
+
 # ---- load -----------------------------------------------------------------------------------
 n=0; for _ in $SCENARIOS; do for _ in $CONNS; do n=$((n + 1)); done; done
 log "$n scenarios × ($TARGETS) × $ROUNDS round(s), ${WARMUP}s + ${DURATION}s each, $USERS users"
@@ -421,6 +469,7 @@ for scen in $SCENARIOS; do
         watch=(); for p in $pids; do watch+=(--watch-pid "$p"); done
         kdc=$(kdc_pids); be=$(backend_pids || true)
         read -r busy0 total0 < <(cpu_line "$PROXY_CPU")
+        m0=$(metrics "$t")
         outer0=$(cpu_ticks $pids); kdc0=$(cpu_ticks $kdc); be0=$(cpu_ticks $be)
         result=$(taskset -c "$LOAD_CPU" "$KCDLOAD" --url "http://127.0.0.1:${PORT[$t]}${PATH_OF[$t]}" \
           "${LOAD_AUTH[$t]}" "$TMP/users" "${per[@]}" --connections "$conns" --duration "$DURATION" \
@@ -428,9 +477,10 @@ for scen in $SCENARIOS; do
           2>>"$TMP/kcdload.log") || result=null
         read -r busy1 total1 < <(cpu_line "$PROXY_CPU")
         outer1=$(cpu_ticks $pids); kdc1=$(cpu_ticks $kdc); be1=$(cpu_ticks $be)
-        printf '%s,"state":"ok","proxy_cpu_busy_ticks":%s,"proxy_cpu_total_ticks":%s,"target_ticks_outer":%s,"kdc_ticks":%s,"backend_ticks":%s,"result":%s}\n' \
+        m1=$(metrics "$t")
+        printf '%s,"state":"ok","proxy_cpu_busy_ticks":%s,"proxy_cpu_total_ticks":%s,"target_ticks_outer":%s,"kdc_ticks":%s,"backend_ticks":%s,"metrics_before":%s,"metrics_after":%s,"result":%s}\n' \
           "$head" "$((busy1 - busy0))" "$((total1 - total0))" "$((outer1 - outer0))" \
-          "$((kdc1 - kdc0))" "$((be1 - be0))" "${result:-null}" >> "$RAW"
+          "$((kdc1 - kdc0))" "$((be1 - be0))" "$m0" "$m1" "${result:-null}" >> "$RAW"
       done
     done
   done
@@ -439,11 +489,16 @@ done
 # ---- cold users -----------------------------------------------------------------------------
 # Each never-seen user: a first request (the proxy must do S4U2Self + S4U2Proxy and open an
 # authenticated backend connection) and then a second one, both on new connections, one user at
-# a time so nothing queues. Then the KDC's own time for the same S4U exchanges, without a proxy.
-curl_time() { # TARGET USER:PASSWORD → "HTTP_CODE SECONDS"
-  curl -sS -o /dev/null -w '%{http_code} %{time_total}\n' --max-time 15 "${CURL_AUTH[$1]}" -u "$2" \
-    "http://127.0.0.1:${PORT[$1]}${PATH_OF[$1]}" 2>/dev/null || echo "000 0"
+# a time so nothing queues. For kcdproxy the counters are read around the first request (its own
+# KDC time for that user: kcdproxy_kdc_latency_seconds) and the lab backend's access log gives the
+# backend's time for it (%D: accepting the AP-REQ and answering). Then the KDC's own time for the
+# same S4U exchanges, without a proxy.
+curl_time() { # TARGET USER:PASSWORD → "HTTP_CODE CONNECT_S TTFB_S TOTAL_S"
+  curl -sS -o /dev/null -w '%{http_code} %{time_connect} %{time_starttransfer} %{time_total}\n' \
+    --max-time 15 "${CURL_AUTH[$1]}" -u "$2" \
+    "http://127.0.0.1:${PORT[$1]}${PATH_OF[$1]}" 2>/dev/null || echo "000 0 0 0"
 }
+BACKEND_LOG=$KCD_LAB_LOG_DIR/backend-access.log
 if [ "$COLD" -gt 0 ]; then
   for t in kcdproxy-kcd kcdproxy-kcd-ntlm apache-gw; do
     case " $TARGETS " in *" $t "*) ;; *) continue ;; esac
@@ -452,14 +507,34 @@ if [ "$COLD" -gt 0 ]; then
       continue
     fi
     log "cold users: $COLD first requests through $t"
-    firsts=() seconds=() bad=0
+    firsts=() seconds=() detail=() bad=0
+    log_off=$(stat -c %s "$BACKEND_LOG" 2>/dev/null || echo 0)
     while IFS= read -r cred; do
-      read -r c1 s1 < <(curl_time "$t" "$cred")
-      read -r c2 s2 < <(curl_time "$t" "$cred")
-      if [ "$c1" = 200 ] && [ "$c2" = 200 ]; then firsts+=("$s1"); seconds+=("$s2"); else bad=$((bad + 1)); fi
+      m0=$(metrics "$t")
+      read -r c1 k1 f1 s1 < <(curl_time "$t" "$cred")
+      m1=$(metrics "$t")
+      read -r c2 k2 f2 s2 < <(curl_time "$t" "$cred")
+      if [ "$c1" = 200 ] && [ "$c2" = 200 ]; then
+        firsts+=("$s1"); seconds+=("$s2")
+        detail+=("$(printf '{"user":"%s","connect_s":%s,"ttfb_s":%s,"total_s":%s,"metrics_before":%s,"metrics_after":%s}' \
+          "${cred%%:*}" "$k1" "$f1" "$s1" "$m0" "$m1")")
+      else
+        bad=$((bad + 1))
+      fi
     done < "$TMP/cold-users"
-    printf '{"kind":"cold","target":"%s","state":"ok","first_s":[%s],"second_s":[%s],"failed":%s}\n' \
-      "$t" "$(IFS=,; echo "${firsts[*]}")" "$(IFS=,; echo "${seconds[*]}")" "$bad" >> "$RAW"
+    # The backend's %D of each cold user's first request (keep-alive count 0) on this target.
+    be_us=$(tail -c +"$((log_off + 1))" "$BACKEND_LOG" 2>/dev/null | python3 -c '
+import json, re, sys
+first = {}
+for line in sys.stdin:
+    m = re.search(r" (\d+)us user=([^@ ]+)@\S+ .*keepalive=0", line)
+    if m and m.group(2) not in first:
+        first[m.group(2)] = int(m.group(1))
+print(json.dumps(first))' || true)
+    [ -n "$be_us" ] || be_us='{}'
+    printf '{"kind":"cold","target":"%s","state":"ok","first_s":[%s],"second_s":[%s],"failed":%s,"backend_first_us":%s,"detail":[%s]}\n' \
+      "$t" "$(IFS=,; echo "${firsts[*]}")" "$(IFS=,; echo "${seconds[*]}")" "$bad" "$be_us" \
+      "$(IFS=,; echo "${detail[*]}")" >> "$RAW"
   done
   log "cold users: the KDC's S4U2Self + S4U2Proxy time for the same $COLD users (python3-gssapi)"
   s4u=$(KRB5CCNAME=MEMORY:kcdperf "$PY" "$ROOT/perf/deleg_s4u.py" "$KCD_LAB_AD_PROXY_KEYTAB" \

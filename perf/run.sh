@@ -28,6 +28,13 @@ usage: perf/run.sh [options]
   --scenario deleg   instead: delegated traffic against the test lab (kcdproxy plain, kcdproxy
                      with KCD, Apache mod_auth_gssapi gateway); runs perf/deleg.sh, whose
                      options then apply (perf/deleg.sh --help)
+  --scenario auth    instead: client authentication without delegation (issue 4): the same
+                     kcdproxy, same origin, three routes: anonymous, auth=basic (every request
+                     checked against a local NT-hash file, --basic-over-http) and auth=ntlm (one
+                     handshake per keep-alive connection). Defaults then: --sizes small
+                     --modes plain --conns "1 16" --rounds 3 --idle 0, targets
+                     "kcdproxy kcdproxy-basic kcdproxy-ntlm" (+ direct if asked)
+  --users N          auth scenario: users in the hash file, cycled by kcdload (env PERF_USERS, 20)
 env: PROXY_CPU (0), LOAD_CPU (1), KCDPROXY_BIN, CARGO_TARGET_DIR, KCDPROXY_START_TIMEOUT (5 s),
      PERF_NGINX_BUF (nginx proxy buffer size, 64k)
 EOF
@@ -36,15 +43,25 @@ EOF
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 # --scenario deleg: the delegated-traffic suite needs the lab and other targets; its own script.
+# --scenario auth: this script, with the authenticating routes (see below).
+SCENARIO=proxy
 prev=""
 for a in "$@"; do
   if [ "$prev" = --scenario ]; then
-    [ "$a" = deleg ] || { echo "run.sh: --scenario: unknown '$a' (allowed: deleg)" >&2; exit 2; }
-    exec "$ROOT/perf/deleg.sh" "$@"
+    case "$a" in
+      deleg) exec "$ROOT/perf/deleg.sh" "$@" ;;
+      auth) SCENARIO=auth ;;
+      *) echo "run.sh: --scenario: unknown '$a' (allowed: deleg auth)" >&2; exit 2 ;;
+    esac
   fi
   prev=$a
 done
-[ "$prev" = --scenario ] && { echo "run.sh: --scenario needs a value (deleg)" >&2; exit 2; }
+[ "$prev" = --scenario ] && { echo "run.sh: --scenario needs a value (deleg, auth)" >&2; exit 2; }
+if [ "$SCENARIO" = auth ]; then
+  : "${PERF_SIZES:=small}" "${PERF_MODES:=plain}" "${PERF_CONNS:=1 16}" "${PERF_ROUNDS:=3}"
+  : "${PERF_IDLE_CONNS:=0}" "${PERF_TARGETS:=kcdproxy kcdproxy-basic kcdproxy-ntlm}"
+fi
+AUTH_USERS=${PERF_USERS:-20}
 
 DURATION=${PERF_DURATION:-5}
 WARMUP=${PERF_WARMUP:-1}
@@ -63,7 +80,8 @@ QUICK=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1; DURATION=${PERF_DURATION:-0.8}; WARMUP=${PERF_WARMUP:-0.3}
-             IDLE_CONNS=${PERF_IDLE_CONNS:-2000} ;;
+             IDLE_CONNS=${PERF_IDLE_CONNS:-2000}
+             if [ "$SCENARIO" = auth ]; then ROUNDS=1; fi ;;
     --no-build) BUILD=0 ;;
     --duration) DURATION=$2; shift ;;
     --warmup) WARMUP=$2; shift ;;
@@ -73,6 +91,8 @@ while [ $# -gt 0 ]; do
     --modes) MODES=$2; shift ;;
     --targets) TARGETS=$2; shift ;;
     --idle) IDLE_CONNS=$2; shift ;;
+    --scenario) shift ;;   # auth (deleg was handed over above)
+    --users) AUTH_USERS=$2; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -90,8 +110,12 @@ check_list() { # NAME ALLOWED VALUES...
 }
 check_list --sizes "small 16k 1m" $SIZES
 check_list --modes "plain tls" $MODES
-check_list --targets "nginx haproxy kcdproxy direct" $TARGETS
-for v in $CONNS $ROUNDS $IDLE_CONNS; do
+if [ "$SCENARIO" = auth ]; then
+  check_list --targets "kcdproxy kcdproxy-basic kcdproxy-ntlm direct" $TARGETS
+else
+  check_list --targets "nginx haproxy kcdproxy direct" $TARGETS
+fi
+for v in $CONNS $ROUNDS $IDLE_CONNS $AUTH_USERS; do
   [[ "$v" =~ ^[0-9]+$ ]] || { echo "run.sh: '$v' is not a whole number" >&2; exit 2; }
 done
 
@@ -101,6 +125,7 @@ KCDPROXY_BIN=${KCDPROXY_BIN:-$TARGET_DIR/release/kcdproxy}
 KCDLOAD=$TARGET_DIR/release/kcdload
 RESULTS=$ROOT/perf/results
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+[ "$SCENARIO" = auth ] && STAMP=$STAMP-auth
 RAW=$RESULTS/$STAMP.jsonl
 TMP=$(mktemp -d /tmp/kcdperf.XXXXXX)
 
@@ -200,6 +225,33 @@ declare -A SIZE_LABEL=([small]="100 B" [16k]="16 KiB" [1m]="1 MiB")
 for s in "${!SIZE_BYTES[@]}"; do
   head -c "${SIZE_BYTES[$s]}" /dev/zero | tr '\0' 'k' > "$TMP/www/$s"
 done
+
+# ---- auth scenario: users, their NT hashes, the files under each route's prefix ---------------
+# kcdproxy does not strip a route's prefix, so /basic/small reaches the origin as /basic/small:
+# the same files are served there. The hash file holds MD4(UTF-16LE(password)) per user (OpenSSL
+# 3 has MD4 only in its legacy provider).
+declare -A PREFIX=([nginx]="" [haproxy]="" [kcdproxy]="" [direct]="" [kcdproxy-basic]=/basic
+  [kcdproxy-ntlm]=/ntlm)
+declare -A LOAD_AUTH=([kcdproxy-basic]=--basic-users [kcdproxy-ntlm]=--ntlm-users)
+declare -A CURL_AUTH=([kcdproxy-basic]=--basic [kcdproxy-ntlm]=--ntlm)
+AUTH_ARGS=()
+if [ "$SCENARIO" = auth ]; then
+  mkdir -p "$TMP/auth" "$TMP/www/basic" "$TMP/www/ntlm"
+  for s in "${!SIZE_BYTES[@]}"; do cp "$TMP/www/$s" "$TMP/www/basic/$s"; cp "$TMP/www/$s" "$TMP/www/ntlm/$s"; done
+  : > "$TMP/auth/users"; : > "$TMP/auth/hashes"
+  for i in $(seq -f %03g "$AUTH_USERS"); do
+    u=perfauth$i pw="Perf-Auth-$i-pw"
+    h=$(printf '%s' "$pw" | iconv -f UTF-8 -t UTF-16LE |
+      openssl dgst -md4 -provider legacy -provider default -r 2>/dev/null | cut -d' ' -f1) || h=""
+    [[ "$h" =~ ^[0-9a-f]{32}$ ]] || { echo "run.sh: cannot compute an NT hash (openssl MD4, legacy provider)" >&2; exit 1; }
+    printf '%s:%s\n' "$u" "$pw" >> "$TMP/auth/users"
+    printf '%s:%s\n' "$u" "$h" >> "$TMP/auth/hashes"
+  done
+  chmod 600 "$TMP/auth/users" "$TMP/auth/hashes"
+  AUTH_ARGS=(--ntlm-hash-file "$TMP/auth/hashes" --basic-over-http --realm EXAMPLE.TEST
+    --route "/basic/=http://127.0.0.1:$P_ORIGIN;auth=basic"
+    --route "/ntlm/=http://127.0.0.1:$P_ORIGIN;auth=ntlm")
+fi
 
 # ---- configurations ---------------------------------------------------------------------------
 # Running as root, nginx workers would switch to nobody, who cannot read the 0700 temp dir.
@@ -400,13 +452,28 @@ if [ "$KCD_STATE" = ok ]; then
     --listen "127.0.0.1:$P_KCD" --listen-tls "127.0.0.1:$P_KCD_TLS" \
     --tls-cert "$CERT" --tls-key "$KEY" \
     --route "/=http://127.0.0.1:$P_ORIGIN" --backend-pool-size "$UPSTREAM_KEEPALIVE" \
-    --max-connections "$MAXCONN" --access-log off
+    --max-connections "$MAXCONN" --access-log off "${AUTH_ARGS[@]}"
 else
   STATE[kcdproxy]=$KCD_STATE
 fi
 up nginx 10
 up haproxy 10
 [ "$KCD_STATE" = ok ] && up kcdproxy "$START_TIMEOUT"
+# The authenticating routes live in the same kcdproxy process: same PIDs, same ports; each must
+# answer an authenticated request with 200 (and an unauthenticated one with 401).
+for t in kcdproxy-basic kcdproxy-ntlm; do
+  [ "$SCENARIO" = auth ] || break
+  PORT[$t]=${PORT[kcdproxy]} TLS_PORT[$t]=${TLS_PORT[kcdproxy]} PIDS_OF[$t]=${PIDS_OF[kcdproxy]}
+  if [ "${STATE[kcdproxy]}" != ok ]; then STATE[$t]=${STATE[kcdproxy]}; continue; fi
+  anon=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 "http://127.0.0.1:${PORT[$t]}${PREFIX[$t]}/small" 2>/dev/null || true)
+  code=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 5 "${CURL_AUTH[$t]}" -u "$(head -1 "$TMP/auth/users")" \
+    "http://127.0.0.1:${PORT[$t]}${PREFIX[$t]}/small" 2>>"$TMP/$t.curl.log" || true)
+  if [ "$anon" = 401 ] && [ "$code" = 200 ]; then
+    STATE[$t]=ok
+  else
+    STATE[$t]="not authenticating (no credentials: $anon, with: $code)"; log "$t: ${STATE[$t]}"
+  fi
+done
 for t in nginx haproxy kcdproxy; do
   if [ "${STATE[$t]}" != ok ] && [ -s "$TMP/$t/stderr.log" ]; then
     log "$t output:"; tail -5 "$TMP/$t/stderr.log" | sed 's/^/    /' >&2
@@ -428,8 +495,10 @@ json_esc() { python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$1"; 
     "$(json_esc "$(haproxy -v | head -1 | awk '{ print $3 }')")" "$kcd_rev"
   printf '"duration_s":%s,"warmup_s":%s,"rounds":%s,"quick":%s,"proxy_cpu":%s,"load_cpu":%s,' \
     "$DURATION" "$WARMUP" "$ROUNDS" "$QUICK" "$PROXY_CPU" "$LOAD_CPU"
-  printf '"states":{"nginx":"%s","haproxy":"%s","kcdproxy":"%s","direct":"%s"}}\n' \
-    "${STATE[nginx]}" "${STATE[haproxy]}" "${STATE[kcdproxy]}" "${STATE[direct]}"
+  printf '"suite":"%s","users":%s,"states":{' "$SCENARIO" "$AUTH_USERS"
+  sep=""
+  for t in $TARGETS; do printf '%s"%s":%s' "$sep" "$t" "$(json_esc "${STATE[$t]:-not started}")"; sep=,; done
+  printf '}}\n'
 } > "$RAW"
 
 # ---- idle keep-alive memory ---------------------------------------------------------------
@@ -497,11 +566,12 @@ for mode in $MODES; do
           head=$(printf '{"kind":"load","mode":"%s","size":"%s","conns":%s,"target":"%s","round":%s' \
             "$mode" "$size" "$conns" "$t" "$round")
           if [ "${STATE[$t]}" != ok ]; then
-            printf '%s,"state":"%s","result":null}\n' "$head" "${STATE[$t]}" >> "$RAW"
+            printf '%s,"state":%s,"result":null}\n' "$head" "$(json_esc "${STATE[$t]}")" >> "$RAW"
             continue
           fi
-          url="http://127.0.0.1:${PORT[$t]}/$size" tls_args=()
-          [ "$mode" = tls ] && url="https://127.0.0.1:${TLS_PORT[$t]}/$size" tls_args=(--cacert "$CA")
+          url="http://127.0.0.1:${PORT[$t]}${PREFIX[$t]}/$size" tls_args=()
+          [ "$mode" = tls ] && url="https://127.0.0.1:${TLS_PORT[$t]}${PREFIX[$t]}/$size" tls_args=(--cacert "$CA")
+          if [ -n "${LOAD_AUTH[$t]:-}" ]; then tls_args+=("${LOAD_AUTH[$t]}" "$TMP/auth/users"); fi
           watch=()
           for p in ${PIDS_OF[$t]}; do watch+=(--watch-pid "$p"); done
           read -r busy0 total0 < <(cpu_line "$PROXY_CPU")
