@@ -47,13 +47,14 @@
 //! ## Refusals
 //!
 //! The KDC says `KDC_ERR_BADOPTION` for a sensitive user, an SPN outside the proxy's list, and
-//! protocol transition turned off. The tickets tell them apart ([`super::tickets`] reads the
-//! flags GSS-API does not show): an S4U2Self ticket — or a Kerberos client's evidence ticket —
-//! without the forwardable flag means the user cannot be delegated
-//! ([`Refusal::UserNotDelegable`], 403) and no S4U2Proxy is sent; a refused S4U2Proxy with a
-//! forwardable ticket is the SPN's ([`Refusal::SpnNotAllowed`], 502: configuration between
-//! proxy and backend). Only when the flags cannot be read does `Inner::refine_refusal` fall
-//! back to history (an SPN that worked for someone is allowed).
+//! protocol transition turned off. After a refused S4U2Proxy the user's ticket tells them
+//! apart ([`super::tickets`] reads the flags GSS-API does not show): an S4U2Self ticket — or a
+//! Kerberos client's evidence ticket — without the forwardable flag means the user cannot be
+//! delegated ([`Refusal::UserNotDelegable`], 403); with it, the SPN was refused
+//! ([`Refusal::SpnNotAllowed`], 502: configuration between proxy and backend). The flags are
+//! read only on that path, so a successful exchange costs nothing extra. Only when they cannot
+//! be read does `Inner::refine_refusal` fall back to history (an SPN that worked for someone is
+//! allowed).
 //!
 //! ## Channel bindings
 //!
@@ -765,8 +766,6 @@ impl Inner {
         &self,
         job: &Exchange,
     ) -> Result<(Ticket, Instant, ClientCtx, Vec<u8>), DelegationError> {
-        // Whether the ticket flags showed the user delegable (then a refusal is the SPN's).
-        let mut user_checked = false;
         let (cred, phase) = match &job.evidence {
             Some(evidence) => {
                 // The evidence must be the principal's own: never cache one user's ticket
@@ -776,14 +775,6 @@ impl Inner {
                     return Err(DelegationError::BadName(
                         "evidence credential is not the principal's",
                     ));
-                }
-                // A client ticket without the forwardable flag cannot be evidence: the KDC
-                // would refuse S4U2Proxy (AD issues none for sensitive accounts).
-                if forwardable(evidence) == Some(false) {
-                    return Err(DelegationError::Refused {
-                        reason: Refusal::UserNotDelegable,
-                        detail: "the client's ticket is not forwardable".into(),
-                    });
                 }
                 (evidence.clone(), Phase::S4u2ProxyEvidence)
             }
@@ -797,27 +788,6 @@ impl Inner {
                 let cred = proxy
                     .impersonate(&user, None, CredUsage::Initiate, Some(&mechs))
                     .map_err(|e| classify(e.into(), Phase::S4u2Self))?;
-                // Without the forwardable flag on the S4U2Self ticket S4U2Proxy can only fail,
-                // and the KDC would say so with the same code as for an SPN outside the
-                // proxy's list: the flag is what tells "this user" from "this SPN".
-                let user_ok = match forwardable(&cred) {
-                    Some(ok) => {
-                        user_checked = true;
-                        Some(ok)
-                    }
-                    // Flags unreadable: MIT records the impersonator only for a forwardable
-                    // S4U2Self ticket.
-                    None => match cred.proxy() {
-                        Ok(p) => Some(p.is_some()),
-                        Err(e) => return Err(gss(e)),
-                    },
-                };
-                if user_ok == Some(false) {
-                    return Err(DelegationError::Refused {
-                        reason: Refusal::UserNotDelegable,
-                        detail: "S4U2Self ticket is not forwardable".into(),
-                    });
-                }
                 (cred, Phase::S4u2ProxyTransition)
             }
         };
@@ -825,12 +795,7 @@ impl Inner {
         let (ctx, token) =
             first_step(&cred, &job.target, job.cb.as_deref()).map_err(|e| match e {
                 StepError::Status(s) => {
-                    let e = classify(s, phase);
-                    if user_checked {
-                        e // the user's ticket is forwardable: the SPN is what was refused
-                    } else {
-                        self.refine_refusal(e, &job.target)
-                    }
+                    self.explain_refusal(classify(s, phase), &cred, &job.target)
                 }
                 StepError::Other(e) => e,
             })?;
@@ -857,6 +822,30 @@ impl Inner {
             .min()
             .unwrap_or(Duration::ZERO);
         Ok((Ticket { cred }, now + left, ctx, token))
+    }
+
+    /// Who a refused S4U2Proxy is about. The KDC gives the same code for a user who may not
+    /// be delegated and an SPN outside the proxy's list; the user's ticket (S4U2Self, or the
+    /// client's evidence) tells them apart: without the forwardable flag the user is the
+    /// problem (403), with it the SPN (502). Read only on this path: success costs nothing
+    /// extra, and the negative cache keeps a refused user from asking again.
+    fn explain_refusal(&self, e: DelegationError, cred: &Cred, target: &str) -> DelegationError {
+        let DelegationError::Refused { reason, detail } = e else {
+            return e;
+        };
+        match (reason, forwardable(cred)) {
+            (_, Some(false)) => DelegationError::Refused {
+                reason: Refusal::UserNotDelegable,
+                detail: format!("the user's ticket is not forwardable ({detail})"),
+            },
+            (Refusal::SpnNotAllowed | Refusal::KdcRefused, Some(true)) => {
+                DelegationError::Refused {
+                    reason: Refusal::SpnNotAllowed,
+                    detail,
+                }
+            }
+            (reason, _) => self.refine_refusal(DelegationError::Refused { reason, detail }, target),
+        }
     }
 
     /// A Transition S4U2Proxy refusal after S4U2Self when the S4U2Self ticket's flags could

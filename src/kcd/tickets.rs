@@ -106,7 +106,43 @@ extern "C" {
 /// Distinguishes the scratch ccaches of concurrent calls.
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
-/// A krb5 context and a MEMORY ccache, both released on drop.
+/// One krb5 context per (pool) thread, made on first use and kept: a context reads
+/// `krb5.conf` and scans plugins when made, which would otherwise happen on every call.
+/// A context is not to be shared between threads; a thread-local one never is.
+struct ThreadContext(Krb5Context);
+
+impl Drop for ThreadContext {
+    fn drop(&mut self) {
+        if !self.0.is_null() {
+            // SAFETY: made by krb5_init_context on this thread, freed once at thread exit.
+            unsafe { krb5_free_context(self.0) };
+        }
+    }
+}
+
+thread_local! {
+    static CONTEXT: std::cell::RefCell<Option<ThreadContext>> = const { std::cell::RefCell::new(None) };
+}
+
+/// This thread's context, made on first use.
+fn context() -> Result<Krb5Context, String> {
+    CONTEXT.with(|c| {
+        let mut slot = c.borrow_mut();
+        if let Some(ctx) = slot.as_ref() {
+            return Ok(ctx.0);
+        }
+        let mut ctx: Krb5Context = ptr::null_mut();
+        // SAFETY: krb5_init_context writes a new context to `ctx` on success.
+        let rc = unsafe { krb5_init_context(&mut ctx) };
+        if rc != 0 || ctx.is_null() {
+            return Err(format!("krb5_init_context: {rc}"));
+        }
+        *slot = Some(ThreadContext(ctx));
+        Ok(ctx)
+    })
+}
+
+/// A MEMORY ccache, destroyed on drop.
 struct Scratch {
     ctx: Krb5Context,
     cc: Krb5Ccache,
@@ -114,13 +150,9 @@ struct Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        // SAFETY: both came from successful krb5_init_context / krb5_cc_resolve calls on this
-        // context and are released exactly once, here (the ccache before its context).
-        unsafe {
-            if !self.cc.is_null() {
-                krb5_cc_destroy(self.ctx, self.cc);
-            }
-            krb5_free_context(self.ctx);
+        if !self.cc.is_null() {
+            // SAFETY: resolved on this thread's context, destroyed once (which frees it).
+            unsafe { krb5_cc_destroy(self.ctx, self.cc) };
         }
     }
 }
@@ -132,12 +164,7 @@ pub fn tickets_of(cred: &Cred) -> Result<Vec<TicketInfo>, String> {
         std::process::id(),
         SEQ.fetch_add(1, Ordering::Relaxed)
     );
-    let mut ctx: Krb5Context = ptr::null_mut();
-    // SAFETY: krb5_init_context writes a new context to `ctx` on success.
-    let rc = unsafe { krb5_init_context(&mut ctx) };
-    if rc != 0 || ctx.is_null() {
-        return Err(format!("krb5_init_context: {rc}"));
-    }
+    let ctx = context()?;
     let mut scratch = Scratch {
         ctx,
         cc: ptr::null_mut(),
