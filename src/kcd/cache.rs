@@ -192,35 +192,14 @@ impl<V: Clone + Send + Sync + 'static, E: CacheError> TicketCache<V, E> {
 
     /// The decision for `key` at `now`; see [`Lookup`].
     pub(crate) fn lookup(&self, key: &Key, now: Instant) -> Lookup<V, E> {
-        {
-            let map = self.read();
-            match map.get(key) {
-                Some(Slot::Ready(entry)) => {
-                    if let Some(found) = self.usable(key, entry, now) {
-                        return found;
-                    }
-                }
-                Some(Slot::Pending(rx)) => return Lookup::Join(Waiter { rx: rx.clone() }),
-                Some(Slot::Refused { error, until }) if now < *until => {
-                    return Lookup::Refused(error.clone())
-                }
-                Some(Slot::Refused { .. }) | None => {}
-            }
+        if let Some(found) = self.decide(key, self.read().get(key), now) {
+            return found;
         }
         // Missing, expired, or an expired refusal: take the write lock and check again, since
         // another caller may have got here first.
         let mut map = self.write();
-        match map.get(key) {
-            Some(Slot::Ready(entry)) => {
-                if let Some(found) = self.usable(key, entry, now) {
-                    return found;
-                }
-            }
-            Some(Slot::Pending(rx)) => return Lookup::Join(Waiter { rx: rx.clone() }),
-            Some(Slot::Refused { error, until }) if now < *until => {
-                return Lookup::Refused(error.clone())
-            }
-            Some(Slot::Refused { .. }) | None => {}
+        if let Some(found) = self.decide(key, map.get(key), now) {
+            return found;
         }
         let (tx, rx) = watch::channel(None);
         map.remove(key);
@@ -235,6 +214,18 @@ impl<V: Clone + Send + Sync + 'static, E: CacheError> TicketCache<V, E> {
     }
 
     /// Fresh or stale-but-usable, or `None` when the entry is too close to its expiry.
+    /// What `slot` answers for `key` at `now`, or `None` when a new exchange is needed.
+    fn decide(&self, key: &Key, slot: Option<&Slot<V, E>>, now: Instant) -> Option<Lookup<V, E>> {
+        match slot {
+            Some(Slot::Ready(entry)) => self.usable(key, entry, now),
+            Some(Slot::Pending(rx)) => Some(Lookup::Join(Waiter { rx: rx.clone() })),
+            Some(Slot::Refused { error, until }) if now < *until => {
+                Some(Lookup::Refused(error.clone()))
+            }
+            Some(Slot::Refused { .. }) | None => None,
+        }
+    }
+
     fn usable(&self, key: &Key, entry: &Arc<Entry<V>>, now: Instant) -> Option<Lookup<V, E>> {
         let remaining = entry.remaining(now);
         if remaining <= self.min_remaining() {
