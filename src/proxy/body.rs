@@ -419,27 +419,19 @@ pub async fn relay_response(
     p.add_out(n_out);
 
     // ---- the rest of the body ----
+    // Pass-through pieces are written to the client while the next piece is read from the
+    // backend (a second buffer, taken only for bodies longer than one read), so a large
+    // download is not paced by read, write, read, write in turn.
+    let mut spare: Option<Vec<u8>> = None;
+    // `rbuf` already holds the next piece (read during the last write).
+    let mut have_next = false;
     while !done {
-        rbuf.clear();
-        let n = match read_by(backend, rbuf, Instant::now() + t.backend).await {
-            Ok((n, b)) => {
-                rbuf = b;
-                n
-            }
-            Err((ReadErr::Timeout, _)) => {
-                return Err(backend_err(
-                    ErrorKind::BackendTimeout,
-                    "backend stalled mid-response",
-                ))
-            }
-            Err((ReadErr::Io(e), _)) => {
-                return Err(RelayErr::Failed(Error::with_cause(
-                    ErrorKind::BackendProtocol,
-                    "reading the response body",
-                    e,
-                )))
-            }
-        };
+        if !have_next {
+            rbuf.clear();
+            rbuf = read_body(backend, rbuf, Instant::now() + t.backend).await?;
+        }
+        have_next = false;
+        let n = rbuf.len();
         if n == 0 {
             if matches!(body, RespBody::Close) {
                 if rechunk {
@@ -486,19 +478,52 @@ pub async fn relay_response(
             let n = out.len();
             out = write_client(client, out, ctx).await?;
             p.add_out(n);
-        } else {
+        } else if done {
             // Pass-through: the read buffer itself goes to the client, no copy.
             rbuf = write_client(client, rbuf, ctx).await?;
             p.add_out(fwd);
+        } else {
+            let mut next = spare.take().unwrap_or_else(bufpool::take);
+            next.clear();
+            // Either side failing ends both at once (the relay is over either way).
+            let (written, next) = futures_util::future::try_join(
+                write_client(client, rbuf, ctx),
+                read_body(backend, next, Instant::now() + t.backend),
+            )
+            .await?;
+            p.add_out(fwd);
+            spare = Some(written);
+            rbuf = next;
+            have_next = true;
         }
     }
     bufpool::give(rbuf);
+    if let Some(b) = spare {
+        bufpool::give(b);
+    }
     bufpool::give(out);
     Ok(RespDone {
         backend_reusable: backend_clean && done,
         client_keep_alive,
         conn_auth_challenge,
     })
+}
+
+/// Reads the next piece of a response body into `buf` (cleared by the caller): an empty
+/// result is the backend's EOF.
+async fn read_body(backend: &Stream, buf: Vec<u8>, deadline: Instant) -> Result<Vec<u8>, RelayErr> {
+    match read_by(backend, buf, deadline).await {
+        Ok((_, b)) => Ok(b),
+        Err((ReadErr::Timeout, _)) => Err(backend_err(
+            ErrorKind::BackendTimeout,
+            "backend stalled mid-response",
+        )),
+        Err((ReadErr::Io(e), _)) => Err(RelayErr::Failed(Error::with_cause(
+            ErrorKind::BackendProtocol,
+            "reading the response body",
+            e,
+        ))),
+    }
 }
 
 async fn write_client(client: &Stream, buf: Vec<u8>, ctx: &WorkerCtx) -> Result<Vec<u8>, RelayErr> {
