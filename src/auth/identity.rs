@@ -40,8 +40,9 @@ struct Inner {
     scheme: AuthScheme,
     /// The name as the client presented it (`EXAMPLE\alice`, `alice@example.test`).
     user: String,
-    /// The Kerberos principal delegation acts as (`alice@EXAMPLE.TEST`).
-    principal: String,
+    /// The Kerberos principal delegation acts as (`alice@EXAMPLE.TEST`). Shared: backend pool
+    /// keys hold it too, without a copy per request.
+    principal: Rc<str>,
     /// Kerberos clients: their own ticket, kept by the acceptor as S4U2Proxy evidence.
     evidence: Option<DelegatedCred>,
 }
@@ -66,7 +67,7 @@ impl Identity {
         Identity(Rc::new(Inner {
             scheme,
             user,
-            principal,
+            principal: principal.into(),
             evidence: None,
         }))
     }
@@ -76,8 +77,8 @@ impl Identity {
     pub(in crate::auth) fn kerberos(principal: String, evidence: Option<DelegatedCred>) -> Self {
         Identity(Rc::new(Inner {
             scheme: AuthScheme::NegotiateKerberos,
-            user: principal.clone(),
-            principal,
+            principal: Rc::from(principal.as_str()),
+            user: principal,
             evidence,
         }))
     }
@@ -97,6 +98,11 @@ impl Identity {
 
     pub fn principal(&self) -> &str {
         &self.0.principal
+    }
+
+    /// The principal as a shared string (a pool key takes it without copying).
+    pub fn principal_rc(&self) -> Rc<str> {
+        Rc::clone(&self.0.principal)
     }
 }
 

@@ -83,6 +83,8 @@ pub struct WorkerCtx {
     pub backends: Vec<Vec<Rc<Backend>>>,
     /// Per route: the Host header to send when the route rewrites it.
     pub host_override: Vec<Option<String>>,
+    /// Per route: its `spn=` as a shared string (part of delegated backend pool keys).
+    spns: Vec<Rc<str>>,
     /// Round-robin position per route.
     rr: Vec<Cell<usize>>,
     pub pool: RefCell<Pool>,
@@ -119,6 +121,12 @@ impl WorkerCtx {
             })
             .collect();
         let rr = (0..backends.len()).map(|_| Cell::new(id)).collect();
+        let spns = cfg
+            .routes
+            .routes()
+            .iter()
+            .map(|r| Rc::from(r.options.spn.as_deref().unwrap_or("")))
+            .collect();
         let max_conns = cfg.max_connections.div_ceil(cfg.workers.max(1));
         WorkerCtx {
             id,
@@ -129,6 +137,7 @@ impl WorkerCtx {
             },
             backends,
             host_override,
+            spns,
             rr,
             pool: RefCell::new(Pool::new(cfg.backend_pool_size, cfg.timeouts.backend_idle)),
             log,
@@ -141,6 +150,11 @@ impl WorkerCtx {
             all_closed: Notify::new(),
             shared,
         }
+    }
+
+    /// Route `route`'s SPN (empty when it does not delegate).
+    pub fn route_spn(&self, route: usize) -> Rc<str> {
+        Rc::clone(&self.spns[route])
     }
 
     /// The next backend of route `route`, round robin.

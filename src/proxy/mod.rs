@@ -341,7 +341,6 @@ fn log_request(
     }
     let backend = rl.backend.as_ref().map(|b| b.display());
     let detail = err.map(|e| e.to_string());
-    let id = rl.identity.as_ref();
     ctx.log.log(&Entry {
         client: Some(c.peer.ip()),
         tls: c.stream.is_tls(),
@@ -428,8 +427,11 @@ async fn exchange(
     // RPC over HTTP: the IN and OUT channels of one virtual connection carry the same
     // `?server:port` target from the same client, so that pair picks the backend.
     let backend = if method == b"RPC_IN_DATA" || method == b"RPC_OUT_DATA" {
-        let ip = c.peer.ip().to_string();
-        ctx.pick_backend_by(route, &[ip.as_bytes(), head.target(&c.buf)])
+        let ip = match c.peer.ip() {
+            std::net::IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+            std::net::IpAddr::V6(a) => a.octets(),
+        };
+        ctx.pick_backend_by(route, &[&ip, head.target(&c.buf)])
     } else {
         ctx.pick_backend(route)
     };
@@ -486,6 +488,7 @@ async fn exchange(
                 delegator: d,
                 spn: spn.as_str(),
                 principal: id.principal(),
+                key: (id.principal_rc(), ctx.route_spn(route)),
                 identity: id,
             }),
             // Config makes spn= routes authenticated; never forward one anonymously.
@@ -513,7 +516,7 @@ async fn exchange(
             attempt > 0,
             body.is_none(),
             identity.as_ref(),
-            deleg.as_ref().map(|d| (d.principal, d.spn)),
+            deleg.as_ref().map(|d| d.key.clone()),
         )
         .await
         .map_err(|e| (e, bodyless))?;
@@ -745,6 +748,8 @@ struct Deleg<'a> {
     delegator: &'a Delegator,
     spn: &'a str,
     principal: &'a str,
+    /// (user, SPN) for the backend pool key: shared strings, no copy per request.
+    key: (Rc<str>, Rc<str>),
     identity: &'a Identity,
 }
 
@@ -891,7 +896,7 @@ async fn backend_conn(
     fresh: bool,
     retryable: bool,
     identity: Option<&Identity>,
-    delegated: Option<(&str, &str)>,
+    delegated: Option<(Rc<str>, Rc<str>)>,
 ) -> Result<(BackendConn, bool), Error> {
     // A delegated connection is keyed by (backend, user, SPN) in the core's pool; the client's
     // private connection (if any) is for passthrough routes and stays where it is.
@@ -907,10 +912,14 @@ async fn backend_conn(
             pb.stream.shutdown();
         }
     }
+    let (identity_key, spn_key) = match delegated {
+        Some((user, spn)) => (Some(user), Some(spn)),
+        None => (None, None),
+    };
     let key = PoolKey {
         backend: backend.clone(),
-        identity: delegated.map(|(user, _)| Rc::from(user)),
-        spn: delegated.map(|(_, spn)| Rc::from(spn)),
+        identity: identity_key,
+        spn: spn_key,
     };
     if !fresh {
         if let Some(bc) = ctx.pool.borrow_mut().take(&key, retryable) {
@@ -947,7 +956,7 @@ fn finish_backend(
 ) {
     if private && !bconn.private {
         bconn.private = true;
-        bconn.key.identity = identity.map(|i| Rc::from(i.principal()));
+        bconn.key.identity = identity.map(Identity::principal_rc);
     }
     if !reusable || ctx.is_draining() {
         bconn.stream.shutdown();
