@@ -76,7 +76,7 @@ pub struct Entry<'a> {
     pub delegation: Option<Delegation<'a>>,
 }
 
-/// The delegation part of an access-log entry (PROTOCOLS.md 26).
+/// The delegation part of an access-log entry (what F5 APM and TMG log per request: scheme, user, principal, SPN, ticket source, KDC time).
 #[derive(Clone, Copy, Debug)]
 pub struct Delegation<'a> {
     pub spn: &'a str,

@@ -12,7 +12,7 @@ use std::fmt;
 /// What went wrong. Closed: adding a variant forces the HTTP mapping to be revisited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
-    // ---- downstream (client) ----
+    // ---- client ----
     /// The request head or body framing is malformed or ambiguous (smuggling shapes). → 400
     BadRequest,
     /// The request line is longer than the head limit allows. → 414
@@ -37,7 +37,7 @@ pub enum ErrorKind {
     Forbidden,
     /// A TLS handshake with the client failed. No response possible.
     ClientTls,
-    // ---- upstream (backend) ----
+    // ---- backend ----
     /// The backend refused the connection or is unreachable. → 502
     BackendConnect,
     /// The backend did not accept the connection within the connect timeout. → 504
@@ -94,12 +94,12 @@ impl ErrorKind {
         match self {
             BadRequest | UriTooLong | HeadersTooLarge | ClientHeaderTimeout | ClientBodyTimeout
             | ClientClosed | NoRoute | MethodNotAllowed | PayloadTooLarge | Unauthenticated
-            | Forbidden | ClientTls => Side::Downstream,
+            | Forbidden | ClientTls => Side::Client,
             BackendConnect
             | BackendConnectTimeout
             | BackendTimeout
             | BackendProtocol
-            | BackendTls => Side::Upstream,
+            | BackendTls => Side::Backend,
             KdcUnavailable | DelegationRefused => Side::Kdc,
             Overloaded | Internal => Side::Internal,
         }
@@ -109,8 +109,10 @@ impl ErrorKind {
 /// Which leg of the proxy an error came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
-    Downstream,
-    Upstream,
+    /// The client's connection (HTTP, TLS, authentication).
+    Client,
+    /// The backend connection.
+    Backend,
     Kdc,
     Internal,
 }

@@ -30,7 +30,7 @@
 //! - [`tls`]: rustls server (clients) and client (backends) over the I/O trait.
 //! - [`http1`]: zero-copy head parsing, body framing, head encoding.
 //! - [`kcd`]: the bounded pool for blocking GSS-API/KDC calls, Kerberos credentials.
-//! - [`upstream`]: backend connections and the per-core pool.
+//! - [`backend`]: backend connections and the per-core pool.
 //! - [`proxy`]: the phase sequence above, body streaming, error responses.
 //! - [`auth`]: client pre-authentication: the per-connection state machine, NTLM, Negotiate,
 //!   Basic, and the identity only it can mint.
@@ -38,6 +38,7 @@
 
 pub mod accesslog;
 pub mod auth;
+pub mod backend;
 pub mod config;
 pub mod error;
 pub mod http1;
@@ -47,4 +48,3 @@ pub mod net;
 pub mod proxy;
 pub mod runtime;
 pub mod tls;
-pub mod upstream;

@@ -118,7 +118,7 @@ pub type ExtraRender = Box<dyn Fn(&mut String) + Send + Sync>;
 /// What a scrape reads: the workers' counters and the shared services' own.
 pub struct Registry {
     pub workers: Vec<Arc<WorkerMetrics>>,
-    pub kdc_pool: Option<Arc<BlockingPool>>,
+    pub blocking_pool: Option<Arc<BlockingPool>>,
     pub auth: Arc<AuthServices>,
     /// Extra text from the delegation engine (its counters), rendered at scrape time.
     pub extra: Option<ExtraRender>,
@@ -198,7 +198,7 @@ impl Registry {
         s.push_str("# HELP kcdproxy_client_connections Client connections open.\n");
         s.push_str("# TYPE kcdproxy_client_connections gauge\n");
         let _ = writeln!(s, "kcdproxy_client_connections {}", conns.max(0));
-        if let Some(pool) = &self.kdc_pool {
+        if let Some(pool) = &self.blocking_pool {
             let st = pool.stats();
             s.push_str("# HELP kcdproxy_kdc_pool_threads Threads of the KDC pool.\n");
             s.push_str("# TYPE kcdproxy_kdc_pool_threads gauge\n");
@@ -327,7 +327,7 @@ mod tests {
         a.delegation("miss", Some(Duration::from_millis(3)));
         let r = Registry {
             workers: vec![a, b],
-            kdc_pool: None,
+            blocking_pool: None,
             auth: Arc::new(AuthServices::none()),
             extra: None,
         };

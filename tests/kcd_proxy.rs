@@ -420,7 +420,7 @@ fn send_auth_401_answers_the_backend_challenge_itself() {
 }
 
 /// A Kerberos client is delegated with its own ticket as evidence: S4U2Proxy only, never
-/// S4U2Self (PROTOCOLS.md 12), in both realms.
+/// S4U2Self (MS-SFU 3.1.5.2), in both realms.
 #[test]
 fn a_kerberos_client_is_delegated_with_its_own_ticket_and_no_s4u2self() {
     use kcdproxy::auth::kerberos::{InitiatorMech, KerberosInitiator};

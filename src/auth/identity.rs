@@ -1,8 +1,8 @@
 //! The authenticated user.
 //!
 //! INVARIANT: an [`Identity`] exists only if a scheme verified the client's proof. Its
-//! constructor is private to `auth`, so delegation and the upstream pool — which act *as* the
-//! user — can only be handed one by the auth module (STYLE habit 7).
+//! constructor is private to `auth`, so delegation and the backend pool — which act *as* the
+//! user — can only be handed one by the auth module (the pattern of rustls' `verify.rs`: a verified value no other module can build).
 
 use std::fmt;
 use std::rc::Rc;
@@ -83,7 +83,7 @@ impl Identity {
         }))
     }
 
-    /// The client's own ticket as S4U2Proxy evidence (Kerberos clients only, PROTOCOLS.md 12).
+    /// The client's own ticket as S4U2Proxy evidence (Kerberos clients only; MS-SFU 3.1.5.2).
     pub fn evidence(&self) -> Option<&DelegatedCred> {
         self.0.evidence.as_ref()
     }

@@ -44,7 +44,7 @@
 //!   core, thread, acceptor instance or proxy process of the same user — is refused as
 //!   [`KerberosError::Replay`]. [`KerberosAcceptor::new`] refuses to build an acceptor when
 //!   the replay cache is turned off (`KRB5RCACHETYPE=none`, `rcache = none:`). Each token is
-//!   accepted once per request (PROTOCOLS.md 10): there is no cache of accepted tokens here.
+//!   accepted once per request (RFC 4120 §3.2.3: replays are caught by the replay cache, shared by all cores): there is no cache of accepted tokens here.
 //! - **Only `accept` mints a [`KerberosAccepted`]**: its fields are private and it has no
 //!   public constructor, so holding one proves a ticket was verified with our key.
 //! - **No token can panic this module**: framing is checked by a bounded reader before
@@ -56,7 +56,7 @@
 //! client's service ticket as an *evidence ticket* bound to the proxy's own TGT whenever the
 //! ticket is forwardable — even if the client did not ask for delegation. That credential,
 //! handed to `ClientCtx::new` for the backend's SPN, makes MIT do S4U2Proxy with the client's
-//! own ticket (PROTOCOLS.md 12: no S4U2Self for Kerberos clients). If the client delegated
+//! own ticket (MS-SFU 3.1.5.2: no S4U2Self for Kerberos clients). If the client delegated
 //! its TGT (`GSS_C_DELEG_FLAG`) the credential is that TGT instead. Holding a credential does
 //! not mean delegation will succeed: for an AD "sensitive" user (bob in the lab) MIT still
 //! keeps the evidence ticket, and the KDC refuses the S4U2Proxy (`KDC_ERR_BADOPTION`).

@@ -28,6 +28,7 @@ use super::services::{AuthServices, OffCore};
 use crate::config::route::Offer;
 use crate::config::BasicVerify;
 use crate::error::{Error, ErrorKind};
+use crate::http1::authz;
 
 /// What the connection knows about its client.
 #[derive(Default)]
@@ -159,8 +160,8 @@ impl AuthCtx {
             }
             return retry("no credentials");
         };
-        let (scheme, token) = split_auth(auth);
-        if scheme.eq_ignore_ascii_case(b"NTLM") && offers.contains(&Offer::Ntlm) {
+        let authz::Credentials { scheme, token, .. } = authz::split(auth);
+        if scheme == authz::Scheme::Ntlm && offers.contains(&Offer::Ntlm) {
             let Some(raw) = decode_b64(token) else {
                 *conn = ConnAuth::Anonymous;
                 return retry("NTLM token is not base64");
@@ -169,14 +170,14 @@ impl AuthCtx {
                 .ntlm_step(conn, offers, tls, &raw, Via::Ntlm, None, None)
                 .await;
         }
-        if scheme.eq_ignore_ascii_case(b"Negotiate") && offers.contains(&Offer::Negotiate) {
+        if scheme == authz::Scheme::Negotiate && offers.contains(&Offer::Negotiate) {
             let Some(raw) = decode_b64(token) else {
                 *conn = ConnAuth::Anonymous;
                 return retry("Negotiate token is not base64");
             };
             return self.negotiate_step(conn, offers, tls, &raw).await;
         }
-        if scheme.eq_ignore_ascii_case(b"Basic") && offers.contains(&Offer::Basic) {
+        if scheme == authz::Scheme::Basic && offers.contains(&Offer::Basic) {
             if !(tls || self.basic_over_http) {
                 return retry("Basic refused on a plain-HTTP listener");
             }
@@ -228,7 +229,7 @@ impl AuthCtx {
             }
         };
         // NTLM inside Negotiate is accepted only where the route allows NTLM; otherwise the
-        // client is told the remaining schemes (a 401, never a 403: PROTOCOLS.md 7).
+        // client is told the remaining schemes (a 401, never a 403: RFC 9110 §15.5.2, RFC 4559).
         let ntlm_ok = offers.contains(&Offer::Ntlm) && self.ntlm.is_some();
         match route {
             NtlmRoute::Message { ntlm, wrapping } if ntlm_ok => {
@@ -342,7 +343,7 @@ impl AuthCtx {
         };
         match msg.get(8) {
             // NEGOTIATE: always answered with a challenge, never forwarded — also on an
-            // authenticated connection (WinINET's empty POST, PROTOCOLS.md 5).
+            // authenticated connection (WinINET's zero-length POST that expects a 401: MS-NTHT; IEInternals, "Challenge-Response Authentication and Zero-Length Posts").
             Some(1) => match acceptor.challenge(msg, FileTime::now()) {
                 Ok(state) => {
                     let mech_types_der = match (mech_types_der, std::mem::take(conn)) {
@@ -645,15 +646,7 @@ fn offers_scheme(offers: &[Offer], s: AuthScheme) -> bool {
 }
 
 /// `Scheme token` → (scheme, token), token with surrounding spaces trimmed.
-fn split_auth(v: &[u8]) -> (&[u8], &[u8]) {
-    let v = v.trim_ascii();
-    match v.iter().position(|&b| b == b' ') {
-        Some(i) => (&v[..i], v[i + 1..].trim_ascii()),
-        None => (v, &[][..]),
-    }
-}
-
-/// Largest token accepted: Kerberos tickets with large PACs exceed 8 KB (PROTOCOLS.md 8); the
+/// Largest token accepted: Kerberos tickets with large PACs exceed 8 KB (RFC 4559; MS-PAC: a PAC grows with group membership); the
 /// head limit bounds it anyway.
 const MAX_TOKEN: usize = 64 * 1024;
 

@@ -100,8 +100,8 @@ impl ChunkError {
     /// backend's a protocol error (502); other sides do not send chunked bodies.
     pub fn into_error(self, side: Side) -> Error {
         let kind = match side {
-            Side::Downstream => ErrorKind::BadRequest,
-            Side::Upstream => ErrorKind::BackendProtocol,
+            Side::Client => ErrorKind::BadRequest,
+            Side::Backend => ErrorKind::BackendProtocol,
             Side::Kdc | Side::Internal => ErrorKind::Internal,
         };
         Error::new(kind, self.as_str())
@@ -668,11 +668,8 @@ mod tests {
     #[test]
     fn errors_map_to_kinds() {
         let e = ChunkError::MissingCrlf;
-        assert_eq!(e.into_error(Side::Downstream).kind, ErrorKind::BadRequest);
-        assert_eq!(
-            e.into_error(Side::Upstream).kind,
-            ErrorKind::BackendProtocol
-        );
-        assert_eq!(e.into_error(Side::Upstream).context, e.as_str());
+        assert_eq!(e.into_error(Side::Client).kind, ErrorKind::BadRequest);
+        assert_eq!(e.into_error(Side::Backend).kind, ErrorKind::BackendProtocol);
+        assert_eq!(e.into_error(Side::Backend).context, e.as_str());
     }
 }

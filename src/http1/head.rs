@@ -307,12 +307,12 @@ impl ParseError {
     /// other sides do not speak HTTP/1, so a parse error there is a bug.
     pub fn into_error(self, side: Side) -> Error {
         let kind = match side {
-            Side::Downstream => match self {
+            Side::Client => match self {
                 ParseError::Malformed(_) => ErrorKind::BadRequest,
                 ParseError::TooLarge | ParseError::TooManyHeaders => ErrorKind::HeadersTooLarge,
                 ParseError::UriTooLong => ErrorKind::UriTooLong,
             },
-            Side::Upstream => ErrorKind::BackendProtocol,
+            Side::Backend => ErrorKind::BackendProtocol,
             Side::Kdc | Side::Internal => ErrorKind::Internal,
         };
         Error::new(kind, self.as_str())
@@ -867,18 +867,14 @@ mod tests {
     fn errors_map_to_kinds() {
         use ErrorKind::*;
         let cases = [
-            (ParseError::Malformed("x"), Side::Downstream, BadRequest),
-            (ParseError::TooLarge, Side::Downstream, HeadersTooLarge),
-            (
-                ParseError::TooManyHeaders,
-                Side::Downstream,
-                HeadersTooLarge,
-            ),
-            (ParseError::UriTooLong, Side::Downstream, UriTooLong),
-            (ParseError::Malformed("x"), Side::Upstream, BackendProtocol),
-            (ParseError::TooLarge, Side::Upstream, BackendProtocol),
-            (ParseError::TooManyHeaders, Side::Upstream, BackendProtocol),
-            (ParseError::UriTooLong, Side::Upstream, BackendProtocol),
+            (ParseError::Malformed("x"), Side::Client, BadRequest),
+            (ParseError::TooLarge, Side::Client, HeadersTooLarge),
+            (ParseError::TooManyHeaders, Side::Client, HeadersTooLarge),
+            (ParseError::UriTooLong, Side::Client, UriTooLong),
+            (ParseError::Malformed("x"), Side::Backend, BackendProtocol),
+            (ParseError::TooLarge, Side::Backend, BackendProtocol),
+            (ParseError::TooManyHeaders, Side::Backend, BackendProtocol),
+            (ParseError::UriTooLong, Side::Backend, BackendProtocol),
         ];
         for (e, side, kind) in cases {
             let err = e.into_error(side);
@@ -887,7 +883,7 @@ mod tests {
         }
         assert_eq!(
             ParseError::Malformed("why")
-                .into_error(Side::Downstream)
+                .into_error(Side::Client)
                 .context,
             "why"
         );

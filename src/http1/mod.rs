@@ -10,6 +10,7 @@
 //!   ambiguous framing shape is rejected before a byte of body is read.
 //! - `chunked`: [`ChunkedDecoder`], an explicit byte-at-a-time state machine for
 //!   `Transfer-Encoding: chunked` that accepts input split anywhere and never copies payload.
+//! - [`authz`]: `Authorization` / `WWW-Authenticate` values split into scheme and token.
 //! - `encode`: the heads the proxy writes: the request to the backend (hop-by-hop headers
 //!   removed, framing and `X-Forwarded-*`/`Via` regenerated), the response to the client, and
 //!   the proxy's own small responses.
@@ -39,6 +40,7 @@
 //! LF inside chunked framing. Tolerated because the RFC asks for it: a few empty lines before
 //! the request line, OWS around field values and list elements, empty list elements.
 
+pub mod authz;
 mod chunked;
 mod encode;
 mod framing;

@@ -1,5 +1,5 @@
 //! The delegation engine: a backend `Authorization: Negotiate` token *as the user*, by
-//! Kerberos Constrained Delegation (PROTOCOLS.md 12, 13, 16).
+//! Kerberos Constrained Delegation (MS-SFU 3.1.5.1 S4U2self, 3.1.5.2 S4U2proxy; RFC 5929 channel bindings).
 //!
 //! ```text
 //!  core thread                                  pool thread (blocking, deadline = kdc_timeout)
@@ -88,6 +88,7 @@ use super::pool::{BlockingPool, PoolError};
 use crate::auth::kerberos::DelegatedCred;
 use crate::auth::ntlm::spnego::{self, NegState, NegotiateToken};
 use crate::error::ErrorKind;
+use crate::http1::authz;
 
 /// How to delegate. See the field docs for defaults ([`DelegationConfig::new`]).
 #[derive(Clone, Debug)]
@@ -151,7 +152,7 @@ impl Subject<'_> {
     }
 }
 
-/// Where a token's ticket came from (for the access log, PROTOCOLS.md 26).
+/// Where a token's ticket came from (for the access log).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CacheOutcome {
     /// A cached ticket; no KDC.
@@ -338,19 +339,14 @@ impl BackendToken {
             return Ok(());
         };
         let fail = |why: &str| DelegationError::MutualAuthFailed(why.to_owned());
-        let value = value.trim_ascii();
-        let scheme = b"Negotiate";
-        let rest = match value.get(..scheme.len()) {
-            Some(s) if s.eq_ignore_ascii_case(scheme) => &value[scheme.len()..],
-            _ => return Err(fail("not a Negotiate answer")),
-        };
-        if rest.is_empty() {
-            return Ok(());
-        }
-        if rest.first() != Some(&b' ') {
+        let answer = authz::split(value);
+        if answer.scheme != authz::Scheme::Negotiate {
             return Err(fail("not a Negotiate answer"));
         }
-        let b64 = rest.trim_ascii();
+        let b64 = answer.token;
+        if b64.is_empty() {
+            return Ok(());
+        }
         if b64.len() > spnego::MAX_TOKEN_LEN * 2 {
             return Err(fail("token too large"));
         }

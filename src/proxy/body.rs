@@ -8,10 +8,11 @@ use std::cell::Cell;
 use tokio::time::Instant;
 
 use super::ctx::WorkerCtx;
-use super::io_util::{read_by, write_by, ReadErr, WriteErr};
 use crate::error::{Error, ErrorKind, Side};
 use crate::http1::{self, BodyFraming, ChunkedDecoder, Version};
-use crate::net::{bufpool, Stream};
+use crate::net::bufpool;
+use crate::net::deadline::{read_by, write_by, ReadErr, WriteErr};
+use crate::tls::Stream;
 
 /// What both directions report as they go; read by the access log and the error path.
 #[derive(Default)]
@@ -58,7 +59,7 @@ impl ReqBody {
             ReqBody::Chunked(d) => d
                 .feed(input, |_| {})
                 .map(|(n, _)| n)
-                .map_err(|e| e.into_error(Side::Downstream)),
+                .map_err(|e| e.into_error(Side::Client)),
         }
     }
 }
@@ -163,7 +164,7 @@ pub struct RespReq<'a> {
 /// A look at the backend's response head before any of it reaches the client. With
 /// constrained delegation the backend's 401 and its mutual-authentication token answer the
 /// proxy's ticket, not anything the client did: they are handled on the backend leg and the
-/// client never sees them (PROTOCOLS.md 15).
+/// client never sees them (MS-SFU 3.1.5.2; unlike TMG, which redirected the client: KB 951508).
 pub trait HeadGate {
     /// `negotiate`: the value of the backend's `WWW-Authenticate: Negotiate [<b64>]`.
     fn check(&self, status: u16, negotiate: Option<&[u8]>) -> Result<(), GateStop>;
@@ -207,7 +208,7 @@ impl RelayErr {
 
 /// A malformed chunked body from the backend (http1 maps it to a 502 protocol error).
 fn chunk_failed(e: http1::ChunkError) -> RelayErr {
-    RelayErr::Failed(e.into_error(Side::Upstream))
+    RelayErr::Failed(e.into_error(Side::Backend))
 }
 
 fn backend_err(kind: ErrorKind, ctx: &'static str) -> RelayErr {
@@ -282,10 +283,10 @@ pub async fn relay_response(
                 }
                 Ok(Some(h)) => match http1::response_meta(&rbuf, &h, req.method) {
                     Ok(m) => break (h, m),
-                    Err(e) => return Err(RelayErr::Failed(e.into_error(Side::Upstream))),
+                    Err(e) => return Err(RelayErr::Failed(e.into_error(Side::Backend))),
                 },
                 Ok(None) => {}
-                Err(e) => return Err(RelayErr::Failed(e.into_error(Side::Upstream))),
+                Err(e) => return Err(RelayErr::Failed(e.into_error(Side::Backend))),
             }
         }
         if rbuf.len() == rbuf.capacity() {
@@ -349,11 +350,11 @@ pub async fn relay_response(
     let conn_auth_challenge = head.status == 401
         && head
             .headers_named(&rbuf, "www-authenticate")
-            .any(is_conn_auth_scheme);
+            .any(http1::authz::is_connection_bound);
     if let Some(gate) = req.gate {
         let negotiate = head
             .headers_named(&rbuf, "www-authenticate")
-            .find(|v| is_negotiate(v));
+            .find(|v| http1::authz::split(v).scheme == http1::authz::Scheme::Negotiate);
         match gate.check(head.status, negotiate) {
             Ok(()) => {}
             Err(GateStop::Unauthorized) => return Err(RelayErr::BackendUnauthorized),
@@ -539,17 +540,4 @@ async fn write_client(client: &Stream, buf: Vec<u8>, ctx: &WorkerCtx) -> Result<
             }
         })
     })
-}
-
-/// `NTLM ...` or `Negotiate ...`: schemes that authenticate the TCP connection, not the request.
-pub fn is_conn_auth_scheme(v: &[u8]) -> bool {
-    let scheme = v.split(|&b| b == b' ').next().unwrap_or(b"");
-    scheme.eq_ignore_ascii_case(b"NTLM") || scheme.eq_ignore_ascii_case(b"Negotiate")
-}
-
-/// Whether a `WWW-Authenticate` value is a `Negotiate` one (with or without a token).
-fn is_negotiate(value: &[u8]) -> bool {
-    let v = value.trim_ascii();
-    let scheme = v.split(|&b| b == b' ').next().unwrap_or_default();
-    scheme.eq_ignore_ascii_case(b"Negotiate")
 }

@@ -11,11 +11,11 @@ use tokio::sync::Notify;
 use crate::accesslog::AccessLog;
 use crate::auth::ntlm::{LocalBackend, NtHashStore, NtlmAcceptor, NtlmConfig, VerifyPolicy};
 use crate::auth::{AuthCtx, AuthServices, IdentityMap};
+use crate::backend::Pool;
 use crate::config::{Backend, Config};
 use crate::http1::Limits;
 use crate::kcd::{BlockingPool, Delegator};
 use crate::metrics::WorkerMetrics;
-use crate::upstream::Pool;
 
 /// Immutable configuration shared by all workers, built once at start-up.
 pub struct Shared {
@@ -30,7 +30,7 @@ pub struct Shared {
     pub delegator: Option<Arc<Delegator>>,
     /// Where every call that may block runs (KDC, GSS-API, winbind); `None` when nothing
     /// configured needs one.
-    pub kdc_pool: Option<Arc<BlockingPool>>,
+    pub blocking_pool: Option<Arc<BlockingPool>>,
     /// One per worker, by worker id; read by the metrics endpoint.
     pub worker_metrics: Vec<Arc<WorkerMetrics>>,
 }
@@ -168,7 +168,7 @@ impl WorkerCtx {
     /// The backend for `key` on route `route`, the same for every request with that key on
     /// every core (a stable hash, not the process-random one). Outlook Anywhere opens the IN
     /// and the OUT channel of one RPC virtual connection as two HTTP requests on two TCP
-    /// connections, and both must reach the same server (MS-RPCH; PROTOCOLS.md 22).
+    /// connections, and both must reach the same server (MS-RPCH: IN and OUT channels of a virtual connection).
     pub fn pick_backend_by(&self, route: usize, key: &[&[u8]]) -> Rc<Backend> {
         let list = &self.backends[route];
         // FNV-1a: stable across processes and restarts, and enough to spread keys.

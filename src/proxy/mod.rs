@@ -13,7 +13,6 @@
 
 pub mod body;
 pub mod ctx;
-mod io_util;
 pub mod respond;
 
 use std::cell::{Cell, RefCell};
@@ -26,16 +25,17 @@ use tokio::time::Instant;
 
 use self::body::{Progress, RelayErr, ReqBody, RespReq};
 use self::ctx::WorkerCtx;
-use self::io_util::{read_by, write_by, ReadErr};
 use crate::accesslog::{Delegation, Entry};
 use crate::auth::{ConnAuth, Identity, Verdict};
+use crate::backend::{self, BackendConn, PoolKey};
 use crate::config::route::SendAuth;
 use crate::config::Backend;
 use crate::error::{Error, ErrorKind, Side};
 use crate::http1::{self, BodyFraming, ChunkedDecoder, RequestHead};
 use crate::kcd::{BackendToken, Delegator, Subject};
-use crate::net::{bufpool, Io, Stream};
-use crate::upstream::{self, BackendConn, PoolKey};
+use crate::net::deadline::{read_by, write_by, ReadErr};
+use crate::net::{bufpool, Io};
+use crate::tls::Stream;
 
 /// Initial head buffer of a connection. An idle keep-alive connection holds only this (and its
 /// task): large buffers are borrowed from the per-core pool while a body moves.
@@ -60,7 +60,7 @@ struct Client {
     auth: ConnAuth,
     /// Declared body length of a request refused with 401 before its body was read (the
     /// client asked `Expect: 100-continue`). If the client sends the body anyway, it arrives
-    /// where the next head is expected and is dropped (PROTOCOLS.md 6).
+    /// where the next head is expected and is dropped (RFC 9110 §10.1.1: a client may send the body anyway).
     refused_body: Option<u64>,
 }
 
@@ -148,7 +148,7 @@ async fn read_head(
                     c.refused_body = (left > k as u64).then_some(left - k as u64);
                     continue;
                 }
-                Err(e) => return Err(e.into_error(Side::Downstream)),
+                Err(e) => return Err(e.into_error(Side::Client)),
             }
             head_deadline.get_or_insert_with(|| Instant::now() + t.header);
         }
@@ -283,9 +283,7 @@ async fn answer_error(
             let deadline = Instant::now() + ctx.shared.cfg.timeouts.client_idle;
             if write_by(&c.stream, out, deadline).await.is_ok() {
                 p.bytes_out.set(p.bytes_out.get() + n as u64);
-                if !can_keep
-                    && e.side() == Side::Downstream
-                    && e.kind != ErrorKind::ClientHeaderTimeout
+                if !can_keep && e.side() == Side::Client && e.kind != ErrorKind::ClientHeaderTimeout
                 {
                     next = Next::Linger;
                 }
@@ -310,7 +308,7 @@ async fn answer_error(
         }
     }
     match e.side() {
-        Side::Downstream | Side::Internal => {
+        Side::Client | Side::Internal => {
             tracing::debug!(peer = %c.peer, error = %e, "request failed")
         }
         _ => tracing::info!(peer = %c.peer, error = %e, "request failed"),
@@ -379,7 +377,7 @@ async fn exchange(
 ) -> Result<(Next, usize, Vec<u8>), Failed> {
     let cfg = &ctx.shared.cfg;
     let meta =
-        http1::request_meta(&c.buf, head).map_err(|e| (e.into_error(Side::Downstream), false))?;
+        http1::request_meta(&c.buf, head).map_err(|e| (e.into_error(Side::Client), false))?;
     let bodyless = meta.framing == BodyFraming::None;
     let method = head.method(&c.buf);
     if method == b"CONNECT" {
@@ -438,7 +436,7 @@ async fn exchange(
     rl.backend = Some(backend.clone());
     let conn_auth = head
         .headers_named(&c.buf, "authorization")
-        .any(body::is_conn_auth_scheme);
+        .any(http1::authz::is_connection_bound);
 
     // What of the body is already in the head buffer.
     let after_head = c.buf.len() - head.head_len;
@@ -660,7 +658,7 @@ async fn exchange(
                 }
                 // The backend wants the ticket we did not send (send-auth=401, or a backend
                 // that does not keep Kerberos per connection): once more, with it, on a new
-                // connection. Never the client's problem (PROTOCOLS.md 15).
+                // connection. Never the client's problem (MS-SFU 3.1.5.2; TMG's redirect lost POST bodies, KB 951508).
                 Err(RelayErr::BackendUnauthorized) if ticket_header.is_none() && attempt == 0 => {
                     bconn.stream.shutdown();
                     force_ticket = true;
@@ -927,7 +925,7 @@ async fn backend_conn(
         }
     }
     let cfg = &ctx.shared.cfg;
-    let stream = upstream::connect(
+    let stream = backend::connect(
         backend,
         ctx.shared.tls_client.as_ref(),
         cfg.timeouts.backend_connect,

@@ -47,7 +47,7 @@ pub fn run(cfg: Config) -> Result<(), Vec<String>> {
             metrics::bind(addr).map_err(|e| vec![format!("--metrics-listen {addr}: {e}")])?;
         let registry = Registry {
             workers: shared.worker_metrics.clone(),
-            kdc_pool: shared.kdc_pool.clone(),
+            blocking_pool: shared.blocking_pool.clone(),
             auth: shared.auth_services.clone(),
             extra: shared.delegator.clone().map(|d| {
                 Box::new(move |s: &mut String| render_delegation(&d, s)) as metrics::ExtraRender
@@ -139,7 +139,7 @@ pub fn prepare(cfg: Config) -> Result<Shared, Vec<String>> {
     }
     let workers = cfg.workers;
     let a = &cfg.auth;
-    let kdc_pool = if a.kerberos.is_some() || a.winbind.is_some() {
+    let blocking_pool = if a.kerberos.is_some() || a.winbind.is_some() {
         match BlockingPool::new(a.kdc.threads, a.kdc.queue) {
             Ok(p) => Some(Arc::new(p)),
             Err(e) => return Err(vec![format!("KDC pool threads: {e}")]),
@@ -154,7 +154,7 @@ pub fn prepare(cfg: Config) -> Result<Shared, Vec<String>> {
         nt_hashes,
         auth_services: Arc::new(AuthServices::none()),
         delegator: None,
-        kdc_pool,
+        blocking_pool,
         worker_metrics: (0..workers)
             .map(|_| Arc::new(WorkerMetrics::default()))
             .collect(),
@@ -169,7 +169,7 @@ pub fn prepare(cfg: Config) -> Result<Shared, Vec<String>> {
     shared.auth_services = Arc::new(AuthServices::new(
         &shared.cfg,
         &ntlm_config,
-        shared.kdc_pool.clone(),
+        shared.blocking_pool.clone(),
     )?);
     // Constrained delegation: the proxy logs in from its keytab now (BLOCKING, start-up
     // only), so a wrong keytab or login is a start-up error, not a 5xx per request.
@@ -182,7 +182,7 @@ pub fn prepare(cfg: Config) -> Result<Shared, Vec<String>> {
     if let (true, Some(k), Some(pool)) = (
         delegating,
         shared.cfg.auth.kerberos.as_ref(),
-        shared.kdc_pool.as_ref(),
+        shared.blocking_pool.as_ref(),
     ) {
         let Some(login) = &k.login else {
             return Err(vec!["spn= routes need --kerberos-login".into()]);

@@ -9,9 +9,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::accesslog::{AccessLog, Sink};
-use crate::net::{Stream, TcpIo};
+use crate::net::TcpIo;
 use crate::proxy::ctx::{ConnInfo, Shared, WorkerCtx};
 use crate::proxy::serve_connection;
+use crate::tls::Stream;
 use crate::tls::TlsStream;
 
 const LOG_FLUSH_EVERY: Duration = Duration::from_millis(200);

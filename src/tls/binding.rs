@@ -1,5 +1,5 @@
 //! RFC 5929 `tls-server-end-point` channel bindings: what Exchange's Extended Protection
-//! checks in the Kerberos AP-REQ of a client that reached it over TLS (PROTOCOLS.md 16).
+//! checks in the Kerberos AP-REQ of a client that reached it over TLS (RFC 5929 §4; Exchange Extended Protection).
 //!
 //! The binding is the hash of the server's end-entity certificate, with the hash of the
 //! certificate's own signature algorithm — except that MD5 and SHA-1 become SHA-256

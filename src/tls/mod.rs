@@ -54,6 +54,7 @@
 
 mod binding;
 mod config;
+mod plain_or_tls;
 mod sni;
 mod stream;
 
@@ -62,6 +63,7 @@ mod tests;
 
 pub use binding::server_end_point;
 pub use config::{client_config, server_config};
+pub use plain_or_tls::Stream;
 pub use stream::TlsStream;
 
 /// The only application protocol we speak on either side.

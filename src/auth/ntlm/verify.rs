@@ -1,7 +1,7 @@
 //! The acceptor: CHALLENGE issuing and AUTHENTICATE verification (MS-NLMP 3.2.5.1), with the
 //! checks every back end shares.
 //!
-//! The handshake is a chain of consuming states (STYLE habit 6):
+//! The handshake is a chain of consuming states (like rustls' `Expect*` handshake states):
 //!
 //! ```text
 //! NtlmAcceptor::challenge(NEGOTIATE) → ChallengeState

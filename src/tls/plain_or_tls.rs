@@ -4,8 +4,8 @@
 
 use std::io;
 
-use super::io::{Io, TcpIo};
-use crate::tls::TlsStream;
+use super::TlsStream;
+use crate::net::{Io, TcpIo};
 
 pub enum Stream {
     Plain(TcpIo),
@@ -25,7 +25,7 @@ impl Stream {
     pub fn tls_server_end_point(&self) -> Option<Vec<u8>> {
         match self {
             Stream::Plain(_) => None,
-            Stream::Tls(t) => crate::tls::server_end_point(&t.peer_certificate()?),
+            Stream::Tls(t) => super::server_end_point(&t.peer_certificate()?),
         }
     }
 

@@ -17,8 +17,8 @@ use rustls_pki_types::ServerName;
 
 use crate::config::{Backend, Scheme};
 use crate::error::{Error, ErrorKind};
-use crate::net::{Io, Stream, TcpIo};
-use crate::tls::TlsStream;
+use crate::net::{Io, TcpIo};
+use crate::tls::{Stream, TlsStream};
 
 /// Idle time after which a pooled connection is checked for a close by the backend before reuse.
 const PEEK_AFTER: Duration = Duration::from_millis(500);

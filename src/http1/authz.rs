@@ -1,0 +1,96 @@
+//! `Authorization` and `WWW-Authenticate` values: `scheme [token]` (RFC 9110 §11.4; the
+//! `Negotiate` token of RFC 4559 §4 and the `NTLM` one of MS-NTHT are single base64 tokens).
+//!
+//! The one place that splits such a value: the client's `Authorization` (auth), the backend's
+//! `WWW-Authenticate` on a 401 or with the AP-REP (proxy, delegation) all go through
+//! [`split`], so a scheme is recognised the same way everywhere (case-insensitive, surrounding
+//! whitespace ignored).
+
+/// The schemes the proxy tells apart; anything else is [`Scheme::Other`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    Ntlm,
+    Negotiate,
+    Basic,
+    Other,
+}
+
+impl Scheme {
+    /// NTLM and Negotiate authenticate the TCP connection, not the request (MS-NTHT; RFC 4559
+    /// §6): a connection that carried them is bound to one user.
+    pub fn is_connection_bound(self) -> bool {
+        matches!(self, Scheme::Ntlm | Scheme::Negotiate)
+    }
+}
+
+/// A value split into its scheme and the rest (the token or parameters, trimmed; empty when the
+/// value is the bare scheme).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Credentials<'a> {
+    pub scheme: Scheme,
+    /// The scheme as written (for a log line about an unknown scheme).
+    pub scheme_text: &'a [u8],
+    pub token: &'a [u8],
+}
+
+/// Splits `value` at its first space. Never fails: an empty value is an `Other` scheme with an
+/// empty token.
+pub fn split(value: &[u8]) -> Credentials<'_> {
+    let v = value.trim_ascii();
+    let (scheme_text, token) = match v.iter().position(|&b| b == b' ') {
+        Some(i) => (&v[..i], v[i + 1..].trim_ascii()),
+        None => (v, &[][..]),
+    };
+    let scheme = if scheme_text.eq_ignore_ascii_case(b"NTLM") {
+        Scheme::Ntlm
+    } else if scheme_text.eq_ignore_ascii_case(b"Negotiate") {
+        Scheme::Negotiate
+    } else if scheme_text.eq_ignore_ascii_case(b"Basic") {
+        Scheme::Basic
+    } else {
+        Scheme::Other
+    };
+    Credentials {
+        scheme,
+        scheme_text,
+        token,
+    }
+}
+
+/// Whether `value` uses a connection-bound scheme (NTLM or Negotiate).
+pub fn is_connection_bound(value: &[u8]) -> bool {
+    split(value).scheme.is_connection_bound()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_scheme_and_token() {
+        let cases: &[(&[u8], Scheme, &[u8])] = &[
+            (b"NTLM TlRMTVNTUAAB", Scheme::Ntlm, b"TlRMTVNTUAAB"),
+            (b"negotiate  YIIB ", Scheme::Negotiate, b"YIIB"),
+            (b"Negotiate", Scheme::Negotiate, b""),
+            (b" Basic dXNlcjpwYXNz", Scheme::Basic, b"dXNlcjpwYXNz"),
+            (b"Bearer abc", Scheme::Other, b"abc"),
+            (b"NTLMX abc", Scheme::Other, b"abc"),
+            (b"", Scheme::Other, b""),
+            (b"   ", Scheme::Other, b""),
+        ];
+        for (value, scheme, token) in cases {
+            let c = split(value);
+            assert_eq!(c.scheme, *scheme, "{:?}", String::from_utf8_lossy(value));
+            assert_eq!(c.token, *token, "{:?}", String::from_utf8_lossy(value));
+        }
+        assert_eq!(split(b"Bearer x").scheme_text, b"Bearer");
+    }
+
+    #[test]
+    fn connection_bound_schemes() {
+        assert!(is_connection_bound(b"NTLM abc"));
+        assert!(is_connection_bound(b"Negotiate"));
+        assert!(!is_connection_bound(b"Basic abc"));
+        assert!(!is_connection_bound(b"NTLMv2 abc"));
+    }
+}
