@@ -11,8 +11,8 @@ use tokio::sync::Notify;
 use crate::accesslog::AccessLog;
 use crate::auth::ntlm::{LocalBackend, NtHashStore, NtlmAcceptor, NtlmConfig, VerifyPolicy};
 use crate::auth::{AuthCtx, AuthServices, IdentityMap};
-use crate::backend::Pool;
-use crate::config::{Backend, Config};
+use crate::backend::{BackendSets, Pool};
+use crate::config::Config;
 use crate::http1::Limits;
 use crate::kcd::{BlockingPool, Delegator};
 use crate::metrics::WorkerMetrics;
@@ -79,14 +79,12 @@ pub struct WorkerCtx {
     pub id: usize,
     pub shared: Arc<Shared>,
     pub limits: Limits,
-    /// Per route: its backends, shared by every pool key that names them.
-    pub backends: Vec<Vec<Rc<Backend>>>,
+    /// Per route: its backends and the choice among them.
+    pub backends: BackendSets,
     /// Per route: the Host header to send when the route rewrites it.
     pub host_override: Vec<Option<String>>,
     /// Per route: its `spn=` as a shared string (part of delegated backend pool keys).
     spns: Vec<Rc<str>>,
-    /// Round-robin position per route.
-    rr: Vec<Cell<usize>>,
     pub pool: RefCell<Pool>,
     pub log: AccessLog,
     pub metrics: Arc<WorkerMetrics>,
@@ -104,12 +102,6 @@ pub struct WorkerCtx {
 impl WorkerCtx {
     pub fn new(id: usize, shared: Arc<Shared>, log: AccessLog) -> Self {
         let cfg = &shared.cfg;
-        let backends: Vec<Vec<Rc<Backend>>> = cfg
-            .routes
-            .routes()
-            .iter()
-            .map(|r| r.backends.iter().map(|b| Rc::new(b.clone())).collect())
-            .collect();
         let host_override = cfg
             .routes
             .routes()
@@ -120,7 +112,6 @@ impl WorkerCtx {
                     .then(|| format!("{}:{}", r.backends[0].host, r.backends[0].port))
             })
             .collect();
-        let rr = (0..backends.len()).map(|_| Cell::new(id)).collect();
         let spns = cfg
             .routes
             .routes()
@@ -135,10 +126,9 @@ impl WorkerCtx {
                 max_headers: cfg.max_headers,
                 max_request_line: MAX_REQUEST_LINE.min(cfg.max_header_bytes),
             },
-            backends,
+            backends: BackendSets::new(&cfg.routes, id),
             host_override,
             spns,
-            rr,
             pool: RefCell::new(Pool::new(cfg.backend_pool_size, cfg.timeouts.backend_idle)),
             log,
             metrics: shared.worker_metrics.get(id).cloned().unwrap_or_default(),
@@ -155,33 +145,6 @@ impl WorkerCtx {
     /// Route `route`'s SPN (empty when it does not delegate).
     pub fn route_spn(&self, route: usize) -> Rc<str> {
         Rc::clone(&self.spns[route])
-    }
-
-    /// The next backend of route `route`, round robin.
-    pub fn pick_backend(&self, route: usize) -> Rc<Backend> {
-        let list = &self.backends[route];
-        let i = self.rr[route].get();
-        self.rr[route].set(i.wrapping_add(1));
-        list[i % list.len()].clone()
-    }
-
-    /// The backend for `key` on route `route`, the same for every request with that key on
-    /// every core (a stable hash, not the process-random one). Outlook Anywhere opens the IN
-    /// and the OUT channel of one RPC virtual connection as two HTTP requests on two TCP
-    /// connections, and both must reach the same server (MS-RPCH: IN and OUT channels of a virtual connection).
-    pub fn pick_backend_by(&self, route: usize, key: &[&[u8]]) -> Rc<Backend> {
-        let list = &self.backends[route];
-        // FNV-1a: stable across processes and restarts, and enough to spread keys.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for part in key {
-            for &b in *part {
-                h ^= u64::from(b);
-                h = h.wrapping_mul(0x0100_0000_01b3);
-            }
-            h ^= 0xff;
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        list[(h % list.len() as u64) as usize].clone()
     }
 
     pub fn is_draining(&self) -> bool {
