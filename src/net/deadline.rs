@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use crate::net::Io;
 
-pub enum ReadErr {
+pub enum ReadError {
     /// The deadline passed; the stream has been shut down and the buffer is gone.
     Timeout,
     Io(io::Error),
@@ -19,30 +19,30 @@ pub async fn read_by<I: Io>(
     io: &I,
     buf: Vec<u8>,
     deadline: Instant,
-) -> Result<(usize, Vec<u8>), (ReadErr, Option<Vec<u8>>)> {
+) -> Result<(usize, Vec<u8>), (ReadError, Option<Vec<u8>>)> {
     match tokio::time::timeout_at(deadline, io.read(buf)).await {
         Ok((Ok(n), buf)) => Ok((n, buf)),
-        Ok((Err(e), buf)) => Err((ReadErr::Io(e), Some(buf))),
+        Ok((Err(e), buf)) => Err((ReadError::Io(e), Some(buf))),
         Err(_) => {
             io.shutdown();
-            Err((ReadErr::Timeout, None))
+            Err((ReadError::Timeout, None))
         }
     }
 }
 
-pub enum WriteErr {
+pub enum WriteError {
     Timeout,
     Io(io::Error),
 }
 
 /// Writes all of `buf` before `deadline`. On success the buffer comes back.
-pub async fn write_by<I: Io>(io: &I, buf: Vec<u8>, deadline: Instant) -> Result<Vec<u8>, WriteErr> {
+pub async fn write_by<I: Io>(io: &I, buf: Vec<u8>, deadline: Instant) -> Result<Vec<u8>, WriteError> {
     match tokio::time::timeout_at(deadline, io.write_all(buf)).await {
         Ok((Ok(()), buf)) => Ok(buf),
-        Ok((Err(e), _)) => Err(WriteErr::Io(e)),
+        Ok((Err(e), _)) => Err(WriteError::Io(e)),
         Err(_) => {
             io.shutdown();
-            Err(WriteErr::Timeout)
+            Err(WriteError::Timeout)
         }
     }
 }

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::ctx::WorkerCtx;
 use super::pump::{pump_request, ReqBody};
-use super::relay::{relay_response, HeadGate, RelayErr, RespDone, RespReq};
+use super::relay::{relay_response, HeadGate, RelayError, RespDone, RespReq};
 use super::retry::{Attempt, Cause};
 use super::route::Routed;
 use super::session::{Done, Failed, Next, Session};
@@ -370,11 +370,11 @@ async fn relay_only(
             leftover: Vec::new(),
             backend_stopped: false,
         },
-        Err(RelayErr::EmptyReply(e)) if !p.response_started.get() => {
+        Err(RelayError::EmptyReply(e)) if !p.response_started.get() => {
             Outcome::Failed(e, bodyless, Some(Cause::EmptyReply))
         }
-        Err(RelayErr::BackendUnauthorized) if !ticket_sent => {
-            let e = RelayErr::BackendUnauthorized.into_error();
+        Err(RelayError::BackendUnauthorized) if !ticket_sent => {
+            let e = RelayError::BackendUnauthorized.into_error();
             Outcome::Failed(e, bodyless, Some(Cause::TicketWanted))
         }
         Err(e) => Outcome::Failed(e.into_error(), bodyless, None),

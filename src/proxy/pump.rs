@@ -9,7 +9,7 @@ use super::session::Progress;
 use crate::error::{Error, ErrorKind, Side};
 use crate::http1::{BodyFraming, ChunkedDecoder};
 use crate::net::bufpool;
-use crate::net::deadline::{read_by, write_by, ReadErr, WriteErr};
+use crate::net::deadline::{read_by, write_by, ReadError, WriteError};
 use crate::tls::Stream;
 
 /// The part of a request body still to come from the client.
@@ -74,13 +74,13 @@ pub async fn pump_request(
         buf.clear();
         let (n, b) = match read_by(client, buf, Instant::now() + t.client_idle).await {
             Ok(r) => r,
-            Err((ReadErr::Timeout, _)) => {
+            Err((ReadError::Timeout, _)) => {
                 return Err(Error::new(
                     ErrorKind::ClientBodyTimeout,
                     "client stalled sending the request body",
                 ))
             }
-            Err((ReadErr::Io(e), _)) => {
+            Err((ReadError::Io(e), _)) => {
                 return Err(Error::with_cause(
                     ErrorKind::ClientClosed,
                     "reading the request body",
@@ -106,7 +106,7 @@ pub async fn pump_request(
         }
         buf = match write_by(backend, buf, Instant::now() + t.backend).await {
             Ok(b) => b,
-            Err(WriteErr::Timeout) => {
+            Err(WriteError::Timeout) => {
                 let e = Error::new(
                     ErrorKind::BackendTimeout,
                     "backend stopped reading the request body",
@@ -116,7 +116,7 @@ pub async fn pump_request(
                     backend_stopped: Some(e),
                 });
             }
-            Err(WriteErr::Io(e)) => {
+            Err(WriteError::Io(e)) => {
                 let e =
                     Error::with_cause(ErrorKind::BackendProtocol, "writing the request body", e);
                 return Ok(ReqBodyDone {

@@ -8,7 +8,7 @@ use super::ctx::WorkerCtx;
 use super::{Client, HEAD_BUF};
 use crate::error::{Error, ErrorKind, Side};
 use crate::http1::{self, RequestHead};
-use crate::net::deadline::{read_by, ReadErr};
+use crate::net::deadline::{read_by, ReadError};
 use crate::net::Io;
 
 /// Reads until a complete request head is in `c.buf`. `Ok(None)`: the client went away (or
@@ -73,15 +73,15 @@ pub(super) async fn read_head(
                 ));
             }
             Ok((_, buf)) => c.buf = buf,
-            Err((ReadErr::Timeout, _)) if waiting && c.requests > 0 => return Ok(None),
-            Err((ReadErr::Timeout, _)) => {
+            Err((ReadError::Timeout, _)) if waiting && c.requests > 0 => return Ok(None),
+            Err((ReadError::Timeout, _)) => {
                 return Err(Error::new(
                     ErrorKind::ClientHeaderTimeout,
                     "request head not received within --header-timeout",
                 ))
             }
-            Err((ReadErr::Io(_), _)) if waiting => return Ok(None),
-            Err((ReadErr::Io(e), _)) => {
+            Err((ReadError::Io(_), _)) if waiting => return Ok(None),
+            Err((ReadError::Io(e), _)) => {
                 return Err(Error::with_cause(
                     ErrorKind::ClientClosed,
                     "reading the head",

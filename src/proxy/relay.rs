@@ -10,7 +10,7 @@ use super::session::Progress;
 use crate::error::{Error, ErrorKind, Side};
 use crate::http1::{self, authz, BodyFraming, ChunkedDecoder, ResponseHead, ResponseMeta, Version};
 use crate::net::bufpool;
-use crate::net::deadline::{read_by, write_by, ReadErr, WriteErr};
+use crate::net::deadline::{read_by, write_by, ReadError, WriteError};
 use crate::tls::Stream;
 
 /// What the client's request says about the response it may get.
@@ -53,7 +53,7 @@ pub struct RespDone {
     pub conn_auth_challenge: bool,
 }
 
-pub enum RelayErr {
+pub enum RelayError {
     /// A reused connection closed without a byte of response: safe to retry elsewhere.
     EmptyReply(Error),
     /// The gate stopped a 401; nothing was sent to the client.
@@ -61,11 +61,11 @@ pub enum RelayErr {
     Failed(Error),
 }
 
-impl RelayErr {
+impl RelayError {
     pub fn into_error(self) -> Error {
         match self {
-            RelayErr::EmptyReply(e) | RelayErr::Failed(e) => e,
-            RelayErr::BackendUnauthorized => Error::new(
+            RelayError::EmptyReply(e) | RelayError::Failed(e) => e,
+            RelayError::BackendUnauthorized => Error::new(
                 ErrorKind::BackendProtocol,
                 "backend_refused_delegation: the backend answered 401 to the delegated ticket",
             ),
@@ -74,12 +74,12 @@ impl RelayErr {
 }
 
 /// A malformed chunked body from the backend (http1 maps it to a 502 protocol error).
-fn chunk_failed(e: http1::ChunkError) -> RelayErr {
-    RelayErr::Failed(e.into_error(Side::Backend))
+fn chunk_failed(e: http1::ChunkError) -> RelayError {
+    RelayError::Failed(e.into_error(Side::Backend))
 }
 
-fn backend_err(kind: ErrorKind, ctx: &'static str) -> RelayErr {
-    RelayErr::Failed(Error::new(kind, ctx))
+fn backend_err(kind: ErrorKind, ctx: &'static str) -> RelayError {
+    RelayError::Failed(Error::new(kind, ctx))
 }
 
 /// Response body state, as the backend frames it.
@@ -102,7 +102,7 @@ impl RespBody {
     }
 
     /// Consumes the leading part of `input` that belongs to the body: (bytes, body complete).
-    fn frame(&mut self, input: &[u8]) -> Result<(usize, bool), RelayErr> {
+    fn frame(&mut self, input: &[u8]) -> Result<(usize, bool), RelayError> {
         match self {
             RespBody::None => Ok((0, true)),
             RespBody::Length(rem) => {
@@ -117,7 +117,7 @@ impl RespBody {
 
     /// Like [`RespBody::frame`], but appends only the payload to `out` (chunk framing
     /// removed), for clients that cannot read chunked.
-    fn frame_data(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(usize, bool), RelayErr> {
+    fn frame_data(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(usize, bool), RelayError> {
         match self {
             RespBody::Chunked(d) => d
                 .feed(input, |data| out.extend_from_slice(data))
@@ -162,7 +162,7 @@ pub async fn relay_response(
     req: RespReq<'_>,
     ctx: &WorkerCtx,
     p: &Progress,
-) -> Result<RespDone, RelayErr> {
+) -> Result<RespDone, RelayError> {
     let (rbuf, head, meta) = read_head(backend, &req, ctx).await?;
     let reframe = match (meta.framing, req.client_version) {
         (BodyFraming::CloseDelimited, Version::Http11) => Reframe::Rechunk,
@@ -182,8 +182,8 @@ pub async fn relay_response(
         let negotiate = challenges().find(|v| authz::split(v).scheme == authz::Scheme::Negotiate);
         match gate.check(head.status, negotiate) {
             Ok(()) => {}
-            Err(GateStop::Unauthorized) => return Err(RelayErr::BackendUnauthorized),
-            Err(GateStop::Fail(e)) => return Err(RelayErr::Failed(e)),
+            Err(GateStop::Unauthorized) => return Err(RelayError::BackendUnauthorized),
+            Err(GateStop::Fail(e)) => return Err(RelayError::Failed(e)),
         }
     }
     p.status.set(head.status);
@@ -223,7 +223,7 @@ async fn read_head(
     backend: &Stream,
     req: &RespReq<'_>,
     ctx: &WorkerCtx,
-) -> Result<(Vec<u8>, ResponseHead, ResponseMeta), RelayErr> {
+) -> Result<(Vec<u8>, ResponseHead, ResponseMeta), RelayError> {
     let mut rbuf = bufpool::take();
     let deadline = Instant::now() + ctx.shared.cfg.timeouts.backend;
     loop {
@@ -241,10 +241,10 @@ async fn read_head(
                 }
                 Ok(Some(h)) => match http1::response_meta(&rbuf, &h, req.method) {
                     Ok(m) => return Ok((rbuf, h, m)),
-                    Err(e) => return Err(RelayErr::Failed(e.into_error(Side::Backend))),
+                    Err(e) => return Err(RelayError::Failed(e.into_error(Side::Backend))),
                 },
                 Ok(None) => {}
-                Err(e) => return Err(RelayErr::Failed(e.into_error(Side::Backend))),
+                Err(e) => return Err(RelayError::Failed(e.into_error(Side::Backend))),
             }
         }
         if rbuf.len() == rbuf.capacity() {
@@ -254,7 +254,7 @@ async fn read_head(
         let empty = rbuf.is_empty();
         rbuf = match read_by(backend, rbuf, deadline).await {
             Ok((0, _)) if empty && req.reused => {
-                return Err(RelayErr::EmptyReply(Error::new(
+                return Err(RelayError::EmptyReply(Error::new(
                     ErrorKind::BackendProtocol,
                     "pooled backend connection closed without a response",
                 )))
@@ -266,13 +266,13 @@ async fn read_head(
                 ))
             }
             Ok((_, b)) => b,
-            Err((ReadErr::Timeout, _)) => {
+            Err((ReadError::Timeout, _)) => {
                 return Err(backend_err(
                     ErrorKind::BackendTimeout,
                     "backend did not answer within --backend-timeout",
                 ))
             }
-            Err((ReadErr::Io(e), _)) => {
+            Err((ReadError::Io(e), _)) => {
                 let (stale, what) = if empty && req.reused {
                     (true, "pooled backend connection failed before a response")
                 } else {
@@ -280,9 +280,9 @@ async fn read_head(
                 };
                 let e = Error::with_cause(ErrorKind::BackendProtocol, what, e);
                 return Err(if stale {
-                    RelayErr::EmptyReply(e)
+                    RelayError::EmptyReply(e)
                 } else {
-                    RelayErr::Failed(e)
+                    RelayError::Failed(e)
                 });
             }
         };
@@ -306,7 +306,7 @@ fn add_headers(out: &mut Vec<u8>, extra: &[(&'static str, Vec<u8>)]) {
 
 impl Relay<'_> {
     /// Appends to `out` the body bytes that came with the head; whether the body is complete.
-    fn first_piece(&mut self, avail: &[u8], out: &mut Vec<u8>) -> Result<bool, RelayErr> {
+    fn first_piece(&mut self, avail: &[u8], out: &mut Vec<u8>) -> Result<bool, RelayError> {
         let (fwd, done) = if self.reframe == Reframe::Dechunk {
             // The payload is appended to `out` as it is decoded.
             self.body.frame_data(avail, out)?
@@ -337,7 +337,7 @@ impl Relay<'_> {
         mut done: bool,
         mut rbuf: Vec<u8>,
         mut out: Vec<u8>,
-    ) -> Result<bool, RelayErr> {
+    ) -> Result<bool, RelayError> {
         let t = &self.ctx.shared.cfg.timeouts;
         let mut spare: Option<Vec<u8>> = None;
         // `rbuf` already holds the next piece (read during the last write).
@@ -394,7 +394,7 @@ impl Relay<'_> {
 
     /// The backend closed: the end of a close-delimited body (chunked to the client: its last
     /// chunk now), or a truncated response.
-    async fn backend_closed(&mut self, out: &mut Vec<u8>) -> Result<(), RelayErr> {
+    async fn backend_closed(&mut self, out: &mut Vec<u8>) -> Result<(), RelayError> {
         if !matches!(self.body, RespBody::Close) {
             return Err(backend_err(
                 ErrorKind::BackendProtocol,
@@ -417,7 +417,7 @@ impl Relay<'_> {
         &mut self,
         piece: &[u8],
         mut out: Vec<u8>,
-    ) -> Result<(bool, Vec<u8>), RelayErr> {
+    ) -> Result<(bool, Vec<u8>), RelayError> {
         out.clear();
         let (fwd, done) = if self.reframe == Reframe::Dechunk {
             self.body.frame_data(piece, &mut out)?
@@ -444,14 +444,14 @@ impl Relay<'_> {
 
 /// Reads the next piece of a response body into `buf` (cleared by the caller): an empty
 /// result is the backend's EOF.
-async fn read_body(backend: &Stream, buf: Vec<u8>, deadline: Instant) -> Result<Vec<u8>, RelayErr> {
+async fn read_body(backend: &Stream, buf: Vec<u8>, deadline: Instant) -> Result<Vec<u8>, RelayError> {
     match read_by(backend, buf, deadline).await {
         Ok((_, b)) => Ok(b),
-        Err((ReadErr::Timeout, _)) => Err(backend_err(
+        Err((ReadError::Timeout, _)) => Err(backend_err(
             ErrorKind::BackendTimeout,
             "backend stalled mid-response",
         )),
-        Err((ReadErr::Io(e), _)) => Err(RelayErr::Failed(Error::with_cause(
+        Err((ReadError::Io(e), _)) => Err(RelayError::Failed(Error::with_cause(
             ErrorKind::BackendProtocol,
             "reading the response body",
             e,
@@ -459,15 +459,15 @@ async fn read_body(backend: &Stream, buf: Vec<u8>, deadline: Instant) -> Result<
     }
 }
 
-async fn write_client(client: &Stream, buf: Vec<u8>, ctx: &WorkerCtx) -> Result<Vec<u8>, RelayErr> {
+async fn write_client(client: &Stream, buf: Vec<u8>, ctx: &WorkerCtx) -> Result<Vec<u8>, RelayError> {
     let deadline = Instant::now() + ctx.shared.cfg.timeouts.client_idle;
     write_by(client, buf, deadline).await.map_err(|e| {
-        RelayErr::Failed(match e {
-            WriteErr::Timeout => Error::new(
+        RelayError::Failed(match e {
+            WriteError::Timeout => Error::new(
                 ErrorKind::ClientBodyTimeout,
                 "client stopped reading the response",
             ),
-            WriteErr::Io(e) => {
+            WriteError::Io(e) => {
                 Error::with_cause(ErrorKind::ClientClosed, "writing the response", e)
             }
         })

@@ -248,7 +248,7 @@ struct Conn<S> {
 }
 
 /// Why a request could not be read.
-enum ReadErr {
+enum ReadError {
     /// The peer closed (or the socket failed) before a complete request: just stop.
     Gone,
     /// The request is malformed: answer 400 with this reason, then close.
@@ -287,13 +287,13 @@ impl<S: Stream> Conn<S> {
 
     /// Reads one line ending in LF (CRLF or bare LF), without the terminator.
     /// `Ok(None)` if the stream ended before any byte of the line.
-    fn read_line(&mut self, limit: usize) -> Result<Option<Vec<u8>>, ReadErr> {
+    fn read_line(&mut self, limit: usize) -> Result<Option<Vec<u8>>, ReadError> {
         let mut line = Vec::new();
         loop {
             match self.fill() {
                 Ok(true) => {}
                 Ok(false) if line.is_empty() => return Ok(None),
-                Ok(false) | Err(_) => return Err(ReadErr::Gone),
+                Ok(false) | Err(_) => return Err(ReadError::Gone),
             }
             let avail = &self.buf[self.pos..self.end];
             if let Some(i) = avail.iter().position(|&b| b == b'\n') {
@@ -307,17 +307,17 @@ impl<S: Stream> Conn<S> {
             line.extend_from_slice(avail);
             self.pos = self.end;
             if line.len() > limit {
-                return Err(ReadErr::Bad(format!("line longer than {limit} bytes")));
+                return Err(ReadError::Bad(format!("line longer than {limit} bytes")));
             }
         }
     }
 
     /// Reads exactly `n` bytes into `sink`, piece by piece.
-    fn read_exact_into(&mut self, mut n: u64, sink: &mut dyn FnMut(&[u8])) -> Result<(), ReadErr> {
+    fn read_exact_into(&mut self, mut n: u64, sink: &mut dyn FnMut(&[u8])) -> Result<(), ReadError> {
         while n > 0 {
             match self.fill() {
                 Ok(true) => {}
-                _ => return Err(ReadErr::Gone),
+                _ => return Err(ReadError::Gone),
             }
             let take = ((self.end - self.pos) as u64).min(n) as usize;
             sink(&self.buf[self.pos..self.pos + take]);
@@ -390,8 +390,8 @@ fn serve<S: Stream>(mut c: Conn<S>, conn_id: u64, shared: &Shared) {
     loop {
         let req = match read_request(&mut c, shared) {
             Ok(Some(r)) => r,
-            Ok(None) | Err(ReadErr::Gone) => return,
-            Err(ReadErr::Bad(why)) => {
+            Ok(None) | Err(ReadError::Gone) => return,
+            Err(ReadError::Bad(why)) => {
                 let msg = format!(
                     "HTTP/1.1 400 Bad Request\r\nX-Echo-Error: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
                     why.replace(['\r', '\n'], " ")
@@ -428,12 +428,12 @@ struct Ids {
     conn_request: u64,
 }
 
-fn bad(msg: impl Into<String>) -> ReadErr {
-    ReadErr::Bad(msg.into())
+fn bad(msg: impl Into<String>) -> ReadError {
+    ReadError::Bad(msg.into())
 }
 
 /// Reads one request: head, then the whole body (hashed, not kept).
-fn read_request<S: Stream>(c: &mut Conn<S>, shared: &Shared) -> Result<Option<Request>, ReadErr> {
+fn read_request<S: Stream>(c: &mut Conn<S>, shared: &Shared) -> Result<Option<Request>, ReadError> {
     // Request line (tolerating empty lines before it, RFC 9112 §2.2).
     let line = loop {
         match c.read_line(MAX_HEAD)? {
@@ -526,14 +526,14 @@ fn read_request<S: Stream>(c: &mut Conn<S>, shared: &Shared) -> Result<Option<Re
 
 /// Sends `100 Continue` when the request asks for it (only a proxy that forgot to handle
 /// `Expect` itself makes the echo server do this).
-fn continue_if_expected<S: Stream>(c: &mut Conn<S>, req: &Request) -> Result<(), ReadErr> {
+fn continue_if_expected<S: Stream>(c: &mut Conn<S>, req: &Request) -> Result<(), ReadError> {
     if req
         .header("expect")
         .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
     {
         c.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
             .and_then(|_| c.flush())
-            .map_err(|_| ReadErr::Gone)?;
+            .map_err(|_| ReadError::Gone)?;
     }
     Ok(())
 }
@@ -544,11 +544,11 @@ fn is_tchar(b: u8) -> bool {
 }
 
 /// Reads header (or trailer) fields up to the empty line.
-fn read_fields<S: Stream>(c: &mut Conn<S>) -> Result<Vec<(String, String)>, ReadErr> {
+fn read_fields<S: Stream>(c: &mut Conn<S>) -> Result<Vec<(String, String)>, ReadError> {
     let mut fields = Vec::new();
     let mut total = 0;
     loop {
-        let line = c.read_line(MAX_HEAD)?.ok_or(ReadErr::Gone)?;
+        let line = c.read_line(MAX_HEAD)?.ok_or(ReadError::Gone)?;
         if line.is_empty() {
             return Ok(fields);
         }
@@ -585,9 +585,9 @@ fn read_fields<S: Stream>(c: &mut Conn<S>) -> Result<Vec<(String, String)>, Read
 fn read_chunked<S: Stream>(
     c: &mut Conn<S>,
     sink: &mut dyn FnMut(&[u8]),
-) -> Result<Vec<(String, String)>, ReadErr> {
+) -> Result<Vec<(String, String)>, ReadError> {
     loop {
-        let line = c.read_line(4096)?.ok_or(ReadErr::Gone)?;
+        let line = c.read_line(4096)?.ok_or(ReadError::Gone)?;
         let size_part = match line.iter().position(|&b| b == b';') {
             Some(i) => &line[..i],
             None => &line[..],
