@@ -10,18 +10,19 @@
 //! Requests go to the backend's unauthenticated `/public/echo/…`, which echoes the identity
 //! header (`x_kcd_user=`).
 
-#[path = "common/auth.rs"]
-mod auth;
 mod common;
 
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use auth::{auth_header, curl, nonce, Conn, Proxy};
+use common::authn::{auth_header, client, nonce, start_proxy, start_proxy_with_env};
+use common::curl::{curl, curl_env};
+use common::kdc::kinit;
 use common::lab::{Lab, Realm};
+use common::proxy::Proxy;
+use common::TempDir;
 use kcdproxy::auth::kerberos::{InitiatorMech, KerberosInitiator};
 
 /// The lab with `KRB5_CONFIG`/`KRB5RCACHEDIR` set for this process (the in-process Kerberos
@@ -76,7 +77,7 @@ fn proxy(lab: &'static Lab, realm: &Realm) -> &'static Proxy {
                 format!("/public/echo/basic={b};auth=basic"),
             ]);
         }
-        Proxy::start(lab, &args)
+        start_proxy(lab, &args)
     })
 }
 
@@ -104,43 +105,29 @@ fn curl_negotiate_authenticates_alice_in_both_realms() {
     let lab = setup();
     for realm in lab.realms() {
         let p = proxy(lab, realm);
-        let dir = std::env::temp_dir().join(nonce("kcd-krb-curl"));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TempDir::new("krb-curl");
         let ccache = format!("FILE:{}", dir.join("alice.cc").display());
-        let mut kinit = Command::new("kinit")
-            .arg(lab.alice.principal(realm))
-            .env("KRB5_CONFIG", &realm.krb5_config)
-            .env("KRB5CCNAME", &ccache)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("kinit");
-        use std::io::Write;
-        writeln!(kinit.stdin.take().unwrap(), "{}", lab.alice.password).unwrap();
-        let out = kinit.wait_with_output().unwrap();
-        assert!(out.status.success(), "kinit: {:?}", out);
+        kinit(realm, &lab.alice, &ccache);
         let path = format!("/public/echo/k/curl-{}", nonce("n"));
-        let url = format!("http://proxy.example.test:{}{path}", p.http.port());
-        let resolve = format!("proxy.example.test:{}:127.0.0.1", p.http.port());
-        let out = Command::new("curl")
-            .args([
-                "-sS",
-                "--max-time",
-                "20",
+        let url = format!("http://proxy.example.test:{}{path}", p.port());
+        let resolve = format!("proxy.example.test:{}:127.0.0.1", p.port());
+        let out = curl_env(
+            &[
                 "--negotiate",
                 "-u",
                 ":",
                 "-D",
                 "-",
-            ])
-            .args(["--resolve", &resolve, &url])
-            .env("KRB5_CONFIG", &realm.krb5_config)
-            .env("KRB5CCNAME", &ccache)
-            .output()
-            .expect("curl");
-        let text = String::from_utf8_lossy(&out.stdout);
-        let _ = std::fs::remove_dir_all(&dir);
+                "--resolve",
+                &resolve,
+                &url,
+            ],
+            &[
+                ("KRB5_CONFIG", realm.krb5_config.as_os_str()),
+                ("KRB5CCNAME", ccache.as_ref()),
+            ],
+        );
+        let text = out.stdout;
         let want = format!("x_kcd_user={}", lab.alice.principal(realm));
         assert!(
             text.contains("200 OK") && text.contains(&want),
@@ -168,7 +155,7 @@ fn gss_client_gets_mutual_auth_and_the_connection_stays_authenticated() {
             let (token, mut ictx) = alice_krb(lab, realm)
                 .token(&proxy_service(lab, realm), mech, false)
                 .unwrap();
-            let mut c = Conn::open(p.http);
+            let mut c = client(lab, p.addr());
             let path = format!("/public/echo/k/gss-{}", nonce("n"));
             let r = c.request(
                 "GET",
@@ -176,20 +163,20 @@ fn gss_client_gets_mutual_auth_and_the_connection_stays_authenticated() {
                 &[("Authorization", &auth_header("Negotiate", &token))],
                 b"",
             );
-            assert_eq!(r.status, 200, "{}/{mech:?}: {}", realm.name, r.text());
-            assert_eq!(r.echo("x_kcd_user"), Some(lab.alice.principal(realm)));
+            assert_eq!(r.status(), 200, "{}/{mech:?}: {}", realm.name, r.text());
+            assert_eq!(r.body_line("x_kcd_user"), Some(lab.alice.principal(realm)));
             let reply = r.token("Negotiate").expect("final Negotiate token");
             ictx.finish(&reply)
                 .unwrap_or_else(|e| panic!("{}/{mech:?}: mutual auth: {e}", realm.name));
             assert_eq!(r.header("persistent-auth"), Some("true"));
             // Kerberos authenticated the connection: no Authorization needed any more.
             let r2 = c.request("GET", &format!("{path}/again"), &[], b"");
-            assert_eq!(r2.status, 200, "{}", r2.text());
-            assert_eq!(r2.echo("x_kcd_user"), Some(lab.alice.principal(realm)));
+            assert_eq!(r2.status(), 200, "{}", r2.text());
+            assert_eq!(r2.body_line("x_kcd_user"), Some(lab.alice.principal(realm)));
             // A new connection is anonymous again.
-            let mut other = Conn::open(p.http);
+            let mut other = client(lab, p.addr());
             let r3 = other.request("GET", &format!("{path}/other"), &[], b"");
-            assert_eq!(r3.status, 401);
+            assert_eq!(r3.status(), 401);
             assert_eq!(r3.challenges(), vec!["Negotiate"]);
         }
     }
@@ -205,12 +192,12 @@ fn a_replayed_kerberos_token_is_refused() {
             .unwrap();
         let authz = auth_header("Negotiate", &token);
         let first = format!("/public/echo/k/first-{}", nonce("n"));
-        let r = Conn::open(p.http).request("GET", &first, &[("Authorization", &authz)], b"");
-        assert_eq!(r.status, 200, "{}", r.text());
+        let r = client(lab, p.addr()).request("GET", &first, &[("Authorization", &authz)], b"");
+        assert_eq!(r.status(), 200, "{}", r.text());
         // The same AP-REQ again, on another connection (another worker, perhaps).
         let replay = format!("/public/echo/k/replay-{}", nonce("n"));
-        let r = Conn::open(p.http).request("GET", &replay, &[("Authorization", &authz)], b"");
-        assert_eq!(r.status, 401, "{}: a replay must fail", realm.name);
+        let r = client(lab, p.addr()).request("GET", &replay, &[("Authorization", &authz)], b"");
+        assert_eq!(r.status(), 401, "{}: a replay must fail", realm.name);
         assert_eq!(r.challenges(), vec!["Negotiate"]);
         let log = access_detail(p, &replay);
         assert!(log.contains("krb_replay"), "{log}");
@@ -231,25 +218,25 @@ fn a_token_for_another_service_or_garbage_is_401() {
         )
         .unwrap();
     let path = format!("/public/echo/k/wrong-{}", nonce("n"));
-    let r = Conn::open(p.http).request(
+    let r = client(lab, p.addr()).request(
         "GET",
         &path,
         &[("Authorization", &auth_header("Negotiate", &token))],
         b"",
     );
-    assert_eq!(r.status, 401);
+    assert_eq!(r.status(), 401);
     let garbage = format!("/public/echo/k/garbage-{}", nonce("n"));
     let mut bad = token.clone();
     let n = bad.len();
     bad[n / 2] ^= 0xff;
     bad.truncate(n - 7);
-    let r = Conn::open(p.http).request(
+    let r = client(lab, p.addr()).request(
         "GET",
         &garbage,
         &[("Authorization", &auth_header("Negotiate", &bad))],
         b"",
     );
-    assert_eq!(r.status, 401);
+    assert_eq!(r.status(), 401);
     assert!(access_detail(p, &garbage).contains("status=401"));
 }
 
@@ -262,13 +249,13 @@ fn kerberos_first_in_spnego_wins_over_ntlm_on_a_negotiate_ntlm_route() {
         .token(&proxy_service(lab, realm), InitiatorMech::Spnego, false)
         .unwrap();
     let path = format!("/public/echo/kn/{}", nonce("n"));
-    let r = Conn::open(p.http).request(
+    let r = client(lab, p.addr()).request(
         "GET",
         &path,
         &[("Authorization", &auth_header("Negotiate", &token))],
         b"",
     );
-    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.status(), 200, "{}", r.text());
     assert!(access_detail(p, &path).contains("auth=negotiate-kerberos"));
 }
 
@@ -277,7 +264,7 @@ fn ntlm_through_winbind_with_curl() {
     let lab = setup();
     let p = proxy(lab, &lab.ad);
     let path = format!("/public/echo/kn/ntlm-{}", nonce("n"));
-    let url = format!("http://127.0.0.1:{}{path}", p.http.port());
+    let url = format!("http://127.0.0.1:{}{path}", p.port());
     let good = format!("EXAMPLE\\alice:{}", lab.alice.password);
     let out = curl(&["--ntlm", "-u", &good, &url]);
     assert!(out.ok, "{}", out.stderr);
@@ -294,7 +281,7 @@ fn ntlm_through_winbind_with_curl() {
         "{log}"
     );
     let bad_path = format!("/public/echo/kn/ntlm-bad-{}", nonce("n"));
-    let bad_url = format!("http://127.0.0.1:{}{bad_path}", p.http.port());
+    let bad_url = format!("http://127.0.0.1:{}{bad_path}", p.port());
     let out = curl(&[
         "--ntlm",
         "-u",
@@ -321,7 +308,7 @@ fn basic_is_checked_by_winbind_or_the_kdc() {
     let lab = setup();
     for realm in lab.realms() {
         let p = proxy(lab, realm);
-        let url = |path: &str| format!("https://127.0.0.1:{}{path}", p.https.port());
+        let url = |path: &str| format!("https://127.0.0.1:{}{path}", p.tls_port());
         let ca = lab.pki.ca.display().to_string();
         let good = format!("alice:{}", lab.alice.password);
         let path = format!("/public/echo/basic/{}", nonce("n"));
@@ -399,14 +386,9 @@ fn write_krb5_conf(dir: &Path, port: u16) -> PathBuf {
 fn a_silent_kdc_gives_503_with_retry_after_and_the_core_keeps_serving() {
     let lab = setup();
     let kdc = DeadKdc::start();
-    let dir = std::env::temp_dir().join(nonce("kcd-krb-down"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let conf = write_krb5_conf(&dir, kdc.port);
-    let metrics_port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let dir = TempDir::new("krb-down");
+    let conf = write_krb5_conf(dir.path(), kdc.port);
+    let metrics_port = common::free_port();
     let b = &lab.backend.http_url;
     let args: Vec<String> = vec![
         "--route".into(),
@@ -434,17 +416,17 @@ fn a_silent_kdc_gives_503_with_retry_after_and_the_core_keeps_serving() {
         "--metrics-listen".into(),
         format!("127.0.0.1:{metrics_port}"),
     ];
-    let p = Proxy::start_with_env(lab, &args, &[("KRB5_CONFIG", &conf)]);
+    let p = start_proxy_with_env(lab, &args, &[("KRB5_CONFIG", &conf)]);
     let basic = auth_header("Basic", format!("alice:{}", lab.alice.password).as_bytes());
 
     // The first login blocks a pool thread on the silent KDC; the client gets 503 at the
     // deadline, not a 401.
     let slow = std::thread::spawn({
-        let addr = p.http;
+        let addr = p.addr();
         let basic = basic.clone();
         move || {
             let t = Instant::now();
-            let r = Conn::open(addr).request(
+            let r = client(lab, addr).request(
                 "GET",
                 "/public/echo/basic/first",
                 &[("Authorization", &basic)],
@@ -456,22 +438,22 @@ fn a_silent_kdc_gives_503_with_retry_after_and_the_core_keeps_serving() {
     std::thread::sleep(Duration::from_millis(200));
     // Meanwhile, the same core answers an anonymous request at once …
     let t = Instant::now();
-    let r = Conn::open(p.http).request("GET", "/public/echo/anon/meanwhile", &[], b"");
+    let r = client(lab, p.addr()).request("GET", "/public/echo/anon/meanwhile", &[], b"");
     let anon = t.elapsed();
-    assert_eq!(r.status, 200);
+    assert_eq!(r.status(), 200);
     assert!(
         anon < Duration::from_millis(500),
         "anonymous request took {anon:?}"
     );
     // … and a second login finds the one pool thread busy: 503 at once (queue 0).
     let t = Instant::now();
-    let r = Conn::open(p.http).request(
+    let r = client(lab, p.addr()).request(
         "GET",
         "/public/echo/basic/second",
         &[("Authorization", &basic)],
         b"",
     );
-    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.status(), 503, "{}", r.text());
     assert_eq!(r.header("retry-after"), Some("5"));
     assert!(
         t.elapsed() < Duration::from_millis(500),
@@ -480,14 +462,14 @@ fn a_silent_kdc_gives_503_with_retry_after_and_the_core_keeps_serving() {
     );
 
     let (r, took) = slow.join().unwrap();
-    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.status(), 503, "{}", r.text());
     assert_eq!(r.header("retry-after"), Some("5"));
     assert!(
         took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
         "503 after {took:?}, --kdc-timeout is 1 s"
     );
     // The connection stays usable after a 503 (nothing about the client was decided).
-    assert!(!r.closes());
+    assert!(!r.connection_close());
     let first = p.access_lines("/public/echo/basic/first", 1).join("\n");
     assert!(
         first.contains("status=503") && first.contains("pool_timeout"),
@@ -506,5 +488,4 @@ fn a_silent_kdc_gives_503_with_retry_after_and_the_core_keeps_serving() {
         metrics.contains("kcdproxy_responses_total{class=\"5xx\"} 2"),
         "{metrics}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -9,15 +9,18 @@
 //! `x_kcd_user=` (the identity header), `body_length=` and `body_sha256=`. Backend hits are
 //! counted in Apache's access log, by unique paths.
 
-#[path = "common/auth.rs"]
-mod auth;
 mod common;
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use auth::{auth_header, backend_hits, curl, nonce, sha256_hex, Conn, Proxy, Recorder, Response};
+use common::authn::{auth_header, backend_hits, nonce, start_proxy};
+use common::client::{Client, Response};
+use common::curl::curl;
 use common::lab::{lab, Lab};
+use common::proxy::Proxy;
+use common::recorder::{head_values, Recorder};
+use common::{pyspnego, sha256_hex};
 use kcdproxy::auth::ntlm::client::{MicMode, NtlmClient};
 
 struct Env {
@@ -32,7 +35,7 @@ fn env() -> &'static Env {
         let lab = lab();
         let recorder = Recorder::start();
         let b = &lab.backend.http_url;
-        let r = format!("http://{}", recorder.addr);
+        let r = recorder.url();
         let routes = [
             format!("/={b};auth=negotiate,ntlm"),
             format!("/public/echo/ntlmonly={b};auth=ntlm"),
@@ -56,7 +59,7 @@ fn env() -> &'static Env {
             "--identity-header".into(),
             "X-Kcd-User".into(),
         ]);
-        let proxy = Proxy::start(lab, &args);
+        let proxy = start_proxy(lab, &args);
         Env {
             lab,
             proxy,
@@ -71,6 +74,11 @@ fn alice(e: &Env) -> NtlmClient {
     NtlmClient::new("alice", "EXAMPLE", &e.lab.alice.password)
 }
 
+/// A new client connection to the proxy's plain listener.
+fn connect(e: &Env) -> Client {
+    common::authn::client(e.lab, e.proxy.addr())
+}
+
 /// The challenges of a first-round 401 on a `negotiate,ntlm` route.
 const BOTH: [&str; 2] = ["Negotiate", "NTLM"];
 
@@ -78,7 +86,7 @@ const BOTH: [&str; 2] = ["Negotiate", "NTLM"];
 /// raw NTLMSSP). The NEGOTIATE leg of a POST carries `Content-Length: 0`, as WinINET and curl
 /// send it. Returns the final response and the AUTHENTICATE message.
 fn handshake(
-    conn: &mut Conn,
+    conn: &mut Client,
     scheme: &str,
     method: &str,
     path: &str,
@@ -91,9 +99,9 @@ fn handshake(
     let mut headers = vec![("Authorization", h.as_str())];
     headers.extend_from_slice(extra);
     let r1 = conn.request(method, path, &headers, b"");
-    assert_eq!(r1.status, 401, "NEGOTIATE leg: {r1:?}");
+    assert_eq!(r1.status(), 401, "NEGOTIATE leg: {r1:?}");
     assert!(
-        !r1.closes(),
+        !r1.connection_close(),
         "the CHALLENGE must keep the connection: {r1:?}"
     );
     let challenge = r1
@@ -130,7 +138,7 @@ fn assert_logged(e: &Env, path: &str, auth: &str, user: &str) {
 fn ntlm_with_curl_authenticates_alice() {
     let e = env();
     let path = format!("/public/echo/{}", nonce("curl-ntlm"));
-    let url = format!("http://{}{path}", e.proxy.http);
+    let url = format!("http://{}{path}", e.proxy.addr());
     let user = format!("EXAMPLE\\alice:{}", e.lab.alice.password);
     let out = curl(&["--ntlm", "-u", &user, "--data-binary", "hello curl", &url]);
     assert!(out.ok, "curl failed: {}", out.stderr);
@@ -152,11 +160,11 @@ fn ntlm_with_curl_authenticates_alice() {
 fn ntlm_with_a_windows_like_client_authenticates_alice() {
     let e = env();
     let path = format!("/public/echo/{}", nonce("raw-ntlm"));
-    let mut conn = Conn::open(e.proxy.http);
+    let mut conn = connect(e);
     // NtlmClient's defaults are Windows': Version fields, MIC, key exchange.
     let (resp, _) = handshake(&mut conn, "NTLM", "GET", &path, &alice(e), &[], b"");
-    assert_eq!(resp.status, 200, "{resp:?}");
-    assert_eq!(resp.echo("x_kcd_user").as_deref(), Some(ALICE));
+    assert_eq!(resp.status(), 200, "{resp:?}");
+    assert_eq!(resp.body_line("x_kcd_user").as_deref(), Some(ALICE));
     assert_eq!(resp.header("persistent-auth"), Some("true"));
     assert_logged(e, &path, "ntlm", r#""EXAMPLE\\alice""#);
 }
@@ -164,14 +172,14 @@ fn ntlm_with_a_windows_like_client_authenticates_alice() {
 #[test]
 fn ntlm_inside_negotiate_with_pyspnego_authenticates_alice() {
     let e = env();
-    let Some(python) = auth::pyspnego() else {
+    let Some(python) = pyspnego::pyspnego() else {
         return;
     };
     let path = format!("/public/echo/{}", nonce("pyspnego"));
     let body = "hello from pyspnego";
-    let out = auth::pyspnego_post(
+    let out = pyspnego::post(
         &python,
-        e.proxy.http,
+        e.proxy.addr(),
         &path,
         "EXAMPLE\\alice",
         &e.lab.alice.password,
@@ -208,15 +216,15 @@ fn ntlm_inside_negotiate_with_pyspnego_authenticates_alice() {
 fn raw_ntlm_inside_negotiate_authenticates_alice() {
     let e = env();
     let path = format!("/public/echo/{}", nonce("negotiate-raw"));
-    let mut conn = Conn::open(e.proxy.http);
+    let mut conn = connect(e);
     let (resp, _) = handshake(&mut conn, "Negotiate", "GET", &path, &alice(e), &[], b"");
-    assert_eq!(resp.status, 200, "{resp:?}");
-    assert_eq!(resp.echo("x_kcd_user").as_deref(), Some(ALICE));
+    assert_eq!(resp.status(), 200, "{resp:?}");
+    assert_eq!(resp.body_line("x_kcd_user").as_deref(), Some(ALICE));
     assert_logged(e, &path, "negotiate-ntlm", r#""EXAMPLE\\alice""#);
 }
 
 fn tls_url(e: &Env, path: &str) -> (String, String) {
-    let port = e.proxy.https.port();
+    let port = e.proxy.tls_port();
     (
         format!("https://proxy.example.test:{port}{path}"),
         format!("proxy.example.test:{port}:127.0.0.1"),
@@ -293,7 +301,7 @@ fn basic_is_neither_offered_nor_accepted_on_the_plain_listener() {
         "Basic",
         format!("alice:{}", e.lab.alice.password).as_bytes(),
     );
-    let mut conn = Conn::open(e.proxy.http);
+    let mut conn = connect(e);
     for (path, auth) in [
         ("/public/echo/basic/plain", None),
         ("/public/echo/basic/plain", Some(basic.as_str())),
@@ -307,7 +315,7 @@ fn basic_is_neither_offered_nor_accepted_on_the_plain_listener() {
         // A Basic-only route has nothing to offer over plain HTTP: 403, not a 401 without
         // WWW-Authenticate; the NTLM route still challenges.
         let want = if path.contains("/basic/") { 403 } else { 401 };
-        assert_eq!(r.status, want, "{path}: {r:?}");
+        assert_eq!(r.status(), want, "{path}: {r:?}");
         assert!(
             r.challenges().iter().all(|c| !c.starts_with("Basic")),
             "{path}: Basic offered in clear text: {:?}",
@@ -326,7 +334,7 @@ fn an_ntlm_only_route_never_shows_negotiate() {
     let neg_raw = auth_header("Negotiate", &client.negotiate());
     let garbage = auth_header("NTLM", b"this is not NTLMSSP");
     let basic = auth_header("Basic", b"alice:x");
-    let mut conn = Conn::open(e.proxy.http);
+    let mut conn = connect(e);
     let mut seen = Vec::new();
     for auth in [
         None,
@@ -336,17 +344,17 @@ fn an_ntlm_only_route_never_shows_negotiate() {
     ] {
         let headers: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
         let r = conn.request("GET", &base, &headers, b"");
-        assert_eq!(r.status, 401, "{auth:?}: {r:?}");
+        assert_eq!(r.status(), 401, "{auth:?}: {r:?}");
         assert_eq!(r.challenges(), ["NTLM"], "{auth:?}");
         seen.push(r);
     }
     // A failed handshake (wrong password) ends in a 401 that offers NTLM alone too.
     let wrong = NtlmClient::new("alice", "EXAMPLE", "wrong");
     let (r, _) = handshake(&mut conn, "NTLM", "GET", &base, &wrong, &[], b"");
-    assert_eq!((r.status, r.challenges()), (401, vec!["NTLM"]));
+    assert_eq!((r.status(), r.challenges()), (401, vec!["NTLM"]));
     // The CHALLENGE itself is an NTLM one; and the right password gets through.
     let (r, _) = handshake(&mut conn, "NTLM", "GET", &base, &client, &[], b"");
-    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.status(), 200, "{r:?}");
     assert!(r.challenges().is_empty(), "{r:?}");
     seen.push(r);
     for r in &seen {
@@ -361,14 +369,14 @@ fn the_user_agent_override_offers_ntlm_alone_to_communicator() {
     let e = env();
     let path = format!("/public/echo/ua/{}", nonce("ua"));
     let communicator = "Microsoft Office Communicator 2007 R2 (3.5.6907.0)";
-    let mut conn = Conn::open(e.proxy.http);
+    let mut conn = connect(e);
     let r = conn.request("GET", &path, &[("User-Agent", communicator)], b"");
-    assert_eq!((r.status, r.challenges()), (401, vec!["NTLM"]));
+    assert_eq!((r.status(), r.challenges()), (401, vec!["NTLM"]));
     // Other clients on the same route: both, Negotiate first, no token data.
     for ua in [Some("Mozilla/5.0 (Windows NT 10.0; Win64; x64)"), None] {
         let headers: Vec<(&str, &str)> = ua.map(|u| ("User-Agent", u)).into_iter().collect();
         let r = conn.request("GET", &path, &headers, b"");
-        assert_eq!((r.status, r.challenges()), (401, BOTH.to_vec()), "{ua:?}");
+        assert_eq!((r.status(), r.challenges()), (401, BOTH.to_vec()), "{ua:?}");
     }
     // Communicator completes NTLM there.
     let (r, _) = handshake(
@@ -380,18 +388,18 @@ fn the_user_agent_override_offers_ntlm_alone_to_communicator() {
         &[("User-Agent", communicator)],
         b"",
     );
-    assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(r.echo("x_kcd_user").as_deref(), Some(ALICE));
+    assert_eq!(r.status(), 200, "{r:?}");
+    assert_eq!(r.body_line("x_kcd_user").as_deref(), Some(ALICE));
 }
 
 #[test]
 fn first_challenges_carry_no_token_data() {
     let e = env();
-    let mut conn = Conn::open(e.proxy.http);
+    let mut conn = connect(e);
     let r = conn.request("POST", "/public/echo/first", &[], b"x");
-    assert_eq!(r.status, 401);
+    assert_eq!(r.status(), 401);
     assert_eq!(r.challenges(), BOTH);
-    assert!(!r.closes(), "{r:?}");
+    assert!(!r.connection_close(), "{r:?}");
     assert!(r.header("persistent-auth").is_none());
 }
 
@@ -401,10 +409,10 @@ fn first_challenges_carry_no_token_data() {
 fn wininet_empty_post_on_an_authenticated_connection_is_challenged_then_sent_once() {
     let e = env();
     let client = alice(e);
-    let mut conn = Conn::open(e.proxy.http);
+    let mut conn = connect(e);
     let first = format!("/public/echo/{}", nonce("wininet-first"));
     let (r, _) = handshake(&mut conn, "NTLM", "GET", &first, &client, &[], b"");
-    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.status(), 200, "{r:?}");
 
     // The connection is authenticated; WinINET expects a 401 for this protection space and
     // sends an empty POST with a fresh NEGOTIATE.
@@ -418,10 +426,11 @@ fn wininet_empty_post_on_an_authenticated_connection_is_challenged_then_sent_onc
         b"",
     );
     assert_eq!(
-        r1.status, 401,
+        r1.status(),
+        401,
         "the empty POST must be challenged, not forwarded: {r1:?}"
     );
-    assert!(!r1.closes());
+    assert!(!r1.connection_close());
     let challenge = r1.token("NTLM").expect("NTLM challenge");
     let auth = client.authenticate(&neg, &challenge).unwrap().message;
     let r2 = conn.request(
@@ -430,10 +439,10 @@ fn wininet_empty_post_on_an_authenticated_connection_is_challenged_then_sent_onc
         &[("Authorization", &auth_header("NTLM", &auth))],
         &body,
     );
-    assert_eq!(r2.status, 200, "{r2:?}");
-    assert_eq!(r2.echo("x_kcd_user").as_deref(), Some(ALICE));
-    assert_eq!(r2.echo("body_length"), Some(body.len().to_string()));
-    assert_eq!(r2.echo("body_sha256"), Some(sha256_hex(&body)));
+    assert_eq!(r2.status(), 200, "{r2:?}");
+    assert_eq!(r2.body_line("x_kcd_user").as_deref(), Some(ALICE));
+    assert_eq!(r2.body_line("body_length"), Some(body.len().to_string()));
+    assert_eq!(r2.body_line("body_sha256"), Some(sha256_hex(&body)));
 
     // Exactly one POST reached the backend, the full one; the proxy logged the 401 and the 200.
     assert_eq!(
@@ -457,7 +466,7 @@ fn dotnet_expect_100_continue_sequence() {
     let path = format!("/public/echo/{}", nonce("expect"));
     let body: Vec<u8> = (0..10_000u32).map(|i| (i % 13) as u8).collect();
     let expect = ("Expect", "100-continue");
-    let mut conn = Conn::open(e.proxy.http);
+    let mut conn = connect(e);
 
     // NEGOTIATE with Expect: a final 401, not 100 (the body is not sent).
     let neg = client.negotiate();
@@ -468,9 +477,9 @@ fn dotnet_expect_100_continue_sequence() {
         &[("Authorization", &h), expect],
         Some(body.len()),
     );
-    let r1 = conn.read_response();
-    assert_eq!(r1.status, 401, "{r1:?}");
-    assert!(!r1.closes(), "{r1:?}");
+    let r1 = conn.read_response().unwrap();
+    assert_eq!(r1.status(), 401, "{r1:?}");
+    assert!(!r1.connection_close(), "{r1:?}");
     let challenge = r1.token("NTLM").expect("NTLM challenge");
 
     // AUTHENTICATE with Expect: 100 Continue, then the body, then the backend's answer.
@@ -482,14 +491,14 @@ fn dotnet_expect_100_continue_sequence() {
         &[("Authorization", &h), expect],
         Some(body.len()),
     );
-    let r2 = conn.read_response();
-    assert_eq!(r2.status, 100, "{r2:?}");
+    let r2 = conn.read_response().unwrap();
+    assert_eq!(r2.status(), 100, "{r2:?}");
     conn.send(&body);
-    let r3 = conn.read_response();
-    assert_eq!(r3.status, 200, "{r3:?}");
-    assert_eq!(r3.echo("x_kcd_user").as_deref(), Some(ALICE));
-    assert_eq!(r3.echo("body_length"), Some(body.len().to_string()));
-    assert_eq!(r3.echo("body_sha256"), Some(sha256_hex(&body)));
+    let r3 = conn.read_response().unwrap();
+    assert_eq!(r3.status(), 200, "{r3:?}");
+    assert_eq!(r3.body_line("x_kcd_user").as_deref(), Some(ALICE));
+    assert_eq!(r3.body_line("body_length"), Some(body.len().to_string()));
+    assert_eq!(r3.body_line("body_sha256"), Some(sha256_hex(&body)));
     assert_eq!(
         backend_hits(e.lab, "POST", &path, 1, Duration::from_millis(300)),
         1
@@ -500,16 +509,16 @@ fn dotnet_expect_100_continue_sequence() {
 fn an_unauthenticated_expect_request_gets_a_final_401() {
     let e = env();
     let path = format!("/public/echo/{}", nonce("expect-anon"));
-    let mut conn = Conn::open(e.proxy.http);
+    let mut conn = connect(e);
     conn.send_head("POST", &path, &[("Expect", "100-continue")], Some(5000));
-    let r = conn.read_response();
-    assert_eq!(r.status, 401, "a final 401, never 100 Continue: {r:?}");
+    let r = conn.read_response().unwrap();
+    assert_eq!(r.status(), 401, "a final 401, never 100 Continue: {r:?}");
     assert_eq!(r.challenges(), BOTH);
-    assert!(!r.closes(), "{r:?}");
+    assert!(!r.connection_close(), "{r:?}");
     // A client that sends the body anyway: the proxy drops it and reads the next request.
     conn.send(&[b'z'; 5000]);
     let r = conn.request("GET", &path, &[], b"");
-    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(r.status(), 401, "{r:?}");
     assert_eq!(
         backend_hits(e.lab, "POST", &path, 0, Duration::from_millis(200)),
         0
@@ -523,7 +532,7 @@ fn authenticate_on_another_connection_is_refused() {
     let e = env();
     let client = alice(e);
     let path = format!("/public/echo/{}", nonce("other-conn"));
-    let mut a = Conn::open(e.proxy.http);
+    let mut a = connect(e);
     let neg = client.negotiate();
     let r = a.request(
         "GET",
@@ -535,9 +544,9 @@ fn authenticate_on_another_connection_is_refused() {
     let auth = client.authenticate(&neg, &challenge).unwrap().message;
     let h = auth_header("NTLM", &auth);
 
-    let mut b = Conn::open(e.proxy.http);
+    let mut b = connect(e);
     let r = b.request("GET", &path, &[("Authorization", &h)], b"");
-    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(r.status(), 401, "{r:?}");
     assert_eq!(r.challenges(), BOTH, "a fresh 401: {r:?}");
     assert_eq!(
         backend_hits(e.lab, "GET", &path, 0, Duration::from_millis(200)),
@@ -545,19 +554,19 @@ fn authenticate_on_another_connection_is_refused() {
     );
     // The attempt elsewhere did not use up connection A's challenge.
     let r = a.request("GET", &path, &[("Authorization", &h)], b"");
-    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.status(), 200, "{r:?}");
 }
 
 #[test]
 fn a_wrong_password_is_refused() {
     let e = env();
     let path = format!("/public/echo/{}", nonce("wrong-pw"));
-    let mut conn = Conn::open(e.proxy.http);
+    let mut conn = connect(e);
     let wrong = NtlmClient::new("alice", "EXAMPLE", "Not-Alice-Pw");
     let (r, _) = handshake(&mut conn, "NTLM", "GET", &path, &wrong, &[], b"");
-    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(r.status(), 401, "{r:?}");
     assert_eq!(r.challenges(), BOTH);
-    assert!(!r.closes());
+    assert!(!r.connection_close());
     let lines = e.proxy.access_lines_until(&path, |ls| {
         ls.iter().any(|l| l.contains("ntlm_wrong_password"))
     });
@@ -571,9 +580,9 @@ fn a_wrong_password_is_refused() {
     forged.key_exch = false;
     forged.legacy_layout = true;
     let (r, _) = handshake(&mut conn, "NTLM", "GET", &path, &forged, &[], b"");
-    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(r.status(), 401, "{r:?}");
     // curl too.
-    let url = format!("http://{}{path}", e.proxy.http);
+    let url = format!("http://{}{path}", e.proxy.addr());
     let out = curl(&[
         "--ntlm",
         "-u",
@@ -596,27 +605,27 @@ fn a_replayed_authenticate_is_refused() {
     let e = env();
     let client = alice(e);
     let path = format!("/public/echo/{}", nonce("replay"));
-    let mut a = Conn::open(e.proxy.http);
+    let mut a = connect(e);
     let (r, auth) = handshake(&mut a, "NTLM", "GET", &path, &client, &[], b"");
-    assert_eq!(r.status, 200);
+    assert_eq!(r.status(), 200);
     let replay = auth_header("NTLM", &auth);
     let replay_path = format!("{path}-again");
 
     // (1) The same bytes again on the same connection.
     let r = a.request("GET", &replay_path, &[("Authorization", &replay)], b"");
-    assert_eq!(r.status, 401, "same connection: {r:?}");
+    assert_eq!(r.status(), 401, "same connection: {r:?}");
     // (2) After a fresh NEGOTIATE on the same connection.
     let neg = auth_header("NTLM", &client.negotiate());
     let r = a.request("GET", &replay_path, &[("Authorization", &neg)], b"");
-    assert_eq!(r.status, 401);
+    assert_eq!(r.status(), 401);
     let r = a.request("GET", &replay_path, &[("Authorization", &replay)], b"");
-    assert_eq!(r.status, 401, "same connection, new challenge: {r:?}");
+    assert_eq!(r.status(), 401, "same connection, new challenge: {r:?}");
     // (3) On another connection after a fresh NEGOTIATE.
-    let mut b = Conn::open(e.proxy.http);
+    let mut b = connect(e);
     let r = b.request("GET", &replay_path, &[("Authorization", &neg)], b"");
-    assert_eq!(r.status, 401);
+    assert_eq!(r.status(), 401);
     let r = b.request("GET", &replay_path, &[("Authorization", &replay)], b"");
-    assert_eq!(r.status, 401, "other connection: {r:?}");
+    assert_eq!(r.status(), 401, "other connection: {r:?}");
     assert_eq!(
         backend_hits(e.lab, "GET", &replay_path, 0, Duration::from_millis(200)),
         0
@@ -627,9 +636,9 @@ fn a_replayed_authenticate_is_refused() {
 fn the_connection_keeps_its_identity_until_a_new_authorization_restarts() {
     let e = env();
     let path = format!("/public/echo/{}", nonce("keep"));
-    let mut conn = Conn::open(e.proxy.http);
+    let mut conn = connect(e);
     let (r, _) = handshake(&mut conn, "NTLM", "GET", &path, &alice(e), &[], b"");
-    assert_eq!(r.status, 200);
+    assert_eq!(r.status(), 200);
     assert_eq!(
         r.header("persistent-auth"),
         Some("true"),
@@ -637,8 +646,8 @@ fn the_connection_keeps_its_identity_until_a_new_authorization_restarts() {
     );
     for i in 0..3 {
         let r = conn.request("POST", &path, &[], format!("request {i}").as_bytes());
-        assert_eq!(r.status, 200, "{r:?}");
-        assert_eq!(r.echo("x_kcd_user").as_deref(), Some(ALICE));
+        assert_eq!(r.status(), 200, "{r:?}");
+        assert_eq!(r.body_line("x_kcd_user").as_deref(), Some(ALICE));
         assert!(
             r.header("persistent-auth").is_none(),
             "only on the final response"
@@ -647,22 +656,28 @@ fn the_connection_keeps_its_identity_until_a_new_authorization_restarts() {
     // A new Authorization restarts: bob logs in on the same connection.
     let bob = NtlmClient::new("bob", "EXAMPLE", &e.lab.bob.password);
     let (r, _) = handshake(&mut conn, "NTLM", "GET", &path, &bob, &[], b"");
-    assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(r.echo("x_kcd_user").as_deref(), Some("bob@EXAMPLE.TEST"));
+    assert_eq!(r.status(), 200, "{r:?}");
+    assert_eq!(
+        r.body_line("x_kcd_user").as_deref(),
+        Some("bob@EXAMPLE.TEST")
+    );
     let r = conn.request("GET", &path, &[], b"");
-    assert_eq!(r.echo("x_kcd_user").as_deref(), Some("bob@EXAMPLE.TEST"));
+    assert_eq!(
+        r.body_line("x_kcd_user").as_deref(),
+        Some("bob@EXAMPLE.TEST")
+    );
     // A failed restart leaves the connection anonymous.
     let wrong = NtlmClient::new("alice", "EXAMPLE", "wrong");
     let (r, _) = handshake(&mut conn, "NTLM", "GET", &path, &wrong, &[], b"");
-    assert_eq!(r.status, 401);
+    assert_eq!(r.status(), 401);
     let r = conn.request("GET", &path, &[], b"");
-    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(r.status(), 401, "{r:?}");
 }
 
 #[test]
 fn a_32_kb_authorization_header_is_read_and_refused() {
     let e = env();
-    let mut conn = Conn::open(e.proxy.http);
+    let mut conn = connect(e);
     let junk: Vec<u8> = (0..24_000u32).map(|i| (i * 7 % 256) as u8).collect();
     for scheme in ["Negotiate", "NTLM"] {
         let h = auth_header(scheme, &junk);
@@ -673,9 +688,9 @@ fn a_32_kb_authorization_header_is_read_and_refused() {
             &[("Authorization", &h)],
             b"",
         );
-        assert_eq!(r.status, 401, "{scheme}: read, not 431: {r:?}");
+        assert_eq!(r.status(), 401, "{scheme}: read, not 431: {r:?}");
         assert_eq!(r.challenges(), BOTH);
-        assert!(!r.closes());
+        assert!(!r.connection_close());
     }
 }
 
@@ -686,11 +701,11 @@ fn the_backend_gets_the_identity_header_and_never_the_clients_authorization() {
     let e = env();
     let n = nonce("hdr");
     let forged = ("X-Kcd-User", "mallory@EVIL.TEST");
-    let mut conn = Conn::open(e.proxy.http);
+    let mut conn = connect(e);
 
     let p1 = format!("/hdr/{n}-handshake");
     let (r, _) = handshake(&mut conn, "NTLM", "GET", &p1, &alice(e), &[forged], b"");
-    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.status(), 200, "{r:?}");
     let heads = e.recorder.heads_for(&p1);
     assert_eq!(
         heads.len(),
@@ -698,12 +713,12 @@ fn the_backend_gets_the_identity_header_and_never_the_clients_authorization() {
         "only the authenticated request arrives: {heads:#?}"
     );
     assert!(
-        auth::head_values(&heads[0], "authorization").is_empty(),
+        head_values(&heads[0], "authorization").is_empty(),
         "{}",
         heads[0]
     );
     assert_eq!(
-        auth::head_values(&heads[0], "x-kcd-user"),
+        head_values(&heads[0], "x-kcd-user"),
         [ALICE],
         "{}",
         heads[0]
@@ -712,10 +727,10 @@ fn the_backend_gets_the_identity_header_and_never_the_clients_authorization() {
     // Later requests on the connection: still alice, forged copies (two of them) dropped.
     let p2 = format!("/hdr/{n}-later");
     let r = conn.request("GET", &p2, &[forged, ("x-kcd-user", "second")], b"");
-    assert_eq!(r.status, 200);
+    assert_eq!(r.status(), 200);
     let heads = e.recorder.heads_for(&p2);
     assert_eq!(
-        auth::head_values(&heads[0], "x-kcd-user"),
+        head_values(&heads[0], "x-kcd-user"),
         [ALICE],
         "{}",
         heads[0]
@@ -724,10 +739,10 @@ fn the_backend_gets_the_identity_header_and_never_the_clients_authorization() {
     // An anonymous route: a forged identity never passes either.
     let p3 = format!("/hdr-anon/{n}");
     let r = conn.request("GET", &p3, &[forged], b"");
-    assert_eq!(r.status, 200);
+    assert_eq!(r.status(), 200);
     let heads = e.recorder.heads_for(&p3);
     assert!(
-        auth::head_values(&heads[0], "x-kcd-user").is_empty(),
+        head_values(&heads[0], "x-kcd-user").is_empty(),
         "{}",
         heads[0]
     );
@@ -757,12 +772,12 @@ fn the_backend_gets_the_identity_header_and_never_the_clients_authorization() {
     );
     let heads = e.recorder.heads_for(&p4);
     assert!(
-        auth::head_values(&heads[0], "authorization").is_empty(),
+        head_values(&heads[0], "authorization").is_empty(),
         "{}",
         heads[0]
     );
     assert_eq!(
-        auth::head_values(&heads[0], "x-kcd-user"),
+        head_values(&heads[0], "x-kcd-user"),
         [ALICE],
         "{}",
         heads[0]
@@ -776,10 +791,10 @@ fn a_head_request_gets_a_bodiless_401_and_authenticates() {
     let e = env();
     let client = alice(e);
     let path = format!("/public/echo/{}", nonce("head"));
-    let mut conn = Conn::open(e.proxy.http);
+    let mut conn = connect(e);
     conn.send_head("HEAD", &path, &[], None);
-    let r = conn.read_head_response();
-    assert_eq!((r.status, r.challenges()), (401, BOTH.to_vec()));
+    let r = conn.read_response().unwrap();
+    assert_eq!((r.status(), r.challenges()), (401, BOTH.to_vec()));
     let neg = client.negotiate();
     conn.send_head(
         "HEAD",
@@ -787,8 +802,8 @@ fn a_head_request_gets_a_bodiless_401_and_authenticates() {
         &[("Authorization", &auth_header("NTLM", &neg))],
         None,
     );
-    let r = conn.read_head_response();
-    assert_eq!(r.status, 401, "{r:?}");
+    let r = conn.read_response().unwrap();
+    assert_eq!(r.status(), 401, "{r:?}");
     let challenge = r.token("NTLM").expect("challenge");
     let auth = client.authenticate(&neg, &challenge).unwrap().message;
     conn.send_head(
@@ -797,14 +812,15 @@ fn a_head_request_gets_a_bodiless_401_and_authenticates() {
         &[("Authorization", &auth_header("NTLM", &auth))],
         None,
     );
-    let r = conn.read_head_response();
+    let r = conn.read_response().unwrap();
     assert_eq!(
-        r.status, 200,
+        r.status(),
+        200,
         "a 401 to HEAD must carry no body, or this reads it: {r:?}"
     );
     // And the connection is still in step.
     let r = conn.request("GET", &path, &[], b"");
-    assert_eq!(r.echo("x_kcd_user").as_deref(), Some(ALICE), "{r:?}");
+    assert_eq!(r.body_line("x_kcd_user").as_deref(), Some(ALICE), "{r:?}");
 }
 
 #[test]
@@ -816,7 +832,7 @@ fn a_large_body_sent_with_the_negotiate_does_not_cost_the_connection() {
     let client = alice(e);
     let path = format!("/public/echo/{}", nonce("big-negotiate"));
     let body: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
-    let mut conn = Conn::open(e.proxy.http);
+    let mut conn = connect(e);
     let neg = client.negotiate();
     let r = conn.request(
         "POST",
@@ -824,8 +840,11 @@ fn a_large_body_sent_with_the_negotiate_does_not_cost_the_connection() {
         &[("Authorization", &auth_header("NTLM", &neg))],
         &body,
     );
-    assert_eq!(r.status, 401, "{r:?}");
-    assert!(!r.closes(), "the CHALLENGE closed the connection: {r:?}");
+    assert_eq!(r.status(), 401, "{r:?}");
+    assert!(
+        !r.connection_close(),
+        "the CHALLENGE closed the connection: {r:?}"
+    );
     let challenge = r.token("NTLM").expect("challenge");
     let auth = client.authenticate(&neg, &challenge).unwrap().message;
     let r = conn.request(
@@ -834,8 +853,8 @@ fn a_large_body_sent_with_the_negotiate_does_not_cost_the_connection() {
         &[("Authorization", &auth_header("NTLM", &auth))],
         &body,
     );
-    assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(r.echo("body_sha256"), Some(sha256_hex(&body)));
+    assert_eq!(r.status(), 200, "{r:?}");
+    assert_eq!(r.body_line("body_sha256"), Some(sha256_hex(&body)));
     assert_eq!(
         backend_hits(e.lab, "POST", &path, 1, Duration::from_millis(300)),
         1
@@ -848,7 +867,7 @@ fn a_chunked_body_sent_with_the_negotiate_does_not_cost_the_connection() {
     let client = alice(e);
     let path = format!("/public/echo/{}", nonce("chunked-negotiate"));
     let chunked = b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
-    let mut conn = Conn::open(e.proxy.http);
+    let mut conn = connect(e);
     let neg = client.negotiate();
     let h = auth_header("NTLM", &neg);
     conn.send_head(
@@ -858,9 +877,12 @@ fn a_chunked_body_sent_with_the_negotiate_does_not_cost_the_connection() {
         None,
     );
     conn.send(chunked);
-    let r = conn.read_response();
-    assert_eq!(r.status, 401, "{r:?}");
-    assert!(!r.closes(), "the CHALLENGE closed the connection: {r:?}");
+    let r = conn.read_response().unwrap();
+    assert_eq!(r.status(), 401, "{r:?}");
+    assert!(
+        !r.connection_close(),
+        "the CHALLENGE closed the connection: {r:?}"
+    );
     let challenge = r.token("NTLM").expect("challenge");
     let auth = client.authenticate(&neg, &challenge).unwrap().message;
     let h = auth_header("NTLM", &auth);
@@ -871,7 +893,7 @@ fn a_chunked_body_sent_with_the_negotiate_does_not_cost_the_connection() {
         None,
     );
     conn.send(chunked);
-    let r = conn.read_response();
-    assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(r.echo("body_length").as_deref(), Some("11"));
+    let r = conn.read_response().unwrap();
+    assert_eq!(r.status(), 200, "{r:?}");
+    assert_eq!(r.body_line("body_length").as_deref(), Some("11"));
 }

@@ -7,17 +7,18 @@
 //! Counting tests read the MIT KDC's log and the proxy's metrics, so the tests of this binary
 //! run one at a time (each starts its own proxy, whose ticket cache starts empty).
 
-#[path = "common/auth.rs"]
-mod auth;
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier, Mutex, MutexGuard};
 
-use auth::{auth_header, curl, nonce, Conn, Proxy};
-use common::kdc::{krb5_lab, mit_s4u, S4uCounts};
-use common::lab::{Lab, Realm, User};
+use common::authn::{auth_header, basic, client, nonce, start_proxy as start_lab_proxy};
+use common::client::Response;
+use common::curl::{curl, curl_env};
+use common::kdc::{kinit, krb5_lab, mit_s4u, S4uCounts};
+use common::lab::{Lab, Realm};
+use common::proxy::Proxy;
+use common::TempDir;
 
 /// (scheme, curl arguments, environment)
 type Case<'a> = (&'a str, Vec<&'a str>, &'a [(&'a str, &'a Path)]);
@@ -87,7 +88,7 @@ fn start_proxy(lab: &Lab, realm: &Realm, extra: &[&str]) -> (Proxy, u16) {
         ]);
     }
     args.extend(extra.iter().map(|s| s.to_string()));
-    (Proxy::start(lab, &args), metrics)
+    (start_lab_proxy(lab, &args), metrics)
 }
 
 fn metric(port: u16, name: &str) -> u64 {
@@ -97,16 +98,9 @@ fn metric(port: u16, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("metric {name} missing:\n{text}"))
 }
 
-fn basic(user: &User) -> String {
-    auth_header(
-        "Basic",
-        format!("{}:{}", user.name, user.password).as_bytes(),
-    )
-}
-
 /// The backend's answer names the user: `authenticated as USER@REALM` (echo) or the
 /// `X-Remote-User` header (whoami).
-fn named(r: &auth::Response) -> String {
+fn named(r: &Response) -> String {
     if let Some(u) = r.header("x-remote-user") {
         return u.to_string();
     }
@@ -150,34 +144,17 @@ fn assert_s4u(
     }
 }
 
-fn kinit(realm: &Realm, user: &User, ccache: &str) {
-    let mut child = Command::new("kinit")
-        .arg(user.principal(realm))
-        .env("KRB5_CONFIG", &realm.krb5_config)
-        .env("KRB5CCNAME", ccache)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kinit");
-    use std::io::Write;
-    writeln!(child.stdin.take().unwrap(), "{}", user.password).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "kinit: {out:?}");
-}
-
-/// curl through the proxy with a Host of `host` (the proxy's routes pick the backend by it).
+/// curl through the proxy with a Host of `host` (the proxy's routes pick the backend by it):
+/// the response head (`-D -`) and body.
 fn curl_via(p: &Proxy, host: &str, path: &str, args: &[&str], env: &[(&str, &Path)]) -> String {
-    let resolve = format!("{host}:{}:127.0.0.1", p.http.port());
-    let url = format!("http://{host}:{}{path}", p.http.port());
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "20", "-D", "-"])
-        .args(args)
-        .args(["--resolve", &resolve, &url])
-        .envs(env.iter().copied())
-        .output()
-        .expect("curl");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let resolve = format!("{host}:{}:127.0.0.1", p.port());
+    let url = format!("http://{host}:{}{path}", p.port());
+    let args: Vec<&str> = ["-D", "-"]
+        .into_iter()
+        .chain(args.iter().copied())
+        .chain(["--resolve", &resolve, &url])
+        .collect();
+    curl_env(&args, env).stdout
 }
 
 #[test]
@@ -187,8 +164,7 @@ fn alice_reaches_the_backend_as_herself_with_each_scheme_over_plain_and_tls_back
     for realm in lab.realms() {
         let (p, _) = start_proxy(lab, realm, &[]);
         let want = format!("authenticated as {}", lab.alice.principal(realm));
-        let dir = std::env::temp_dir().join(nonce("kcd-proxy-krb"));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TempDir::new("proxy-krb");
         let ccache = format!("FILE:{}", dir.join("alice.cc").display());
         kinit(realm, &lab.alice, &ccache);
         let ntlm_user = if is_ad(lab, realm) {
@@ -233,7 +209,6 @@ fn alice_reaches_the_backend_as_herself_with_each_scheme_over_plain_and_tls_back
                 assert!(log.contains(&format!("spn={}", lab.backend_spn)), "{log}");
             }
         }
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 
@@ -246,36 +221,44 @@ fn refusals_are_403_for_the_user_and_502_for_the_spn() {
         // bob first, on a fresh proxy: the refusal is his own (his S4U2Self ticket is not
         // forwardable), whatever the proxy has seen before.
         let path = format!("/echo/bob-{}", nonce("n"));
-        let r =
-            Conn::open(p.http).request("GET", &path, &[("Authorization", &basic(&lab.bob))], b"");
-        assert_eq!(r.status, 403, "{}: bob: {}", realm.name, r.text());
+        let r = client(lab, p.addr()).request(
+            "GET",
+            &path,
+            &[("Authorization", &basic(&lab.bob))],
+            b"",
+        );
+        assert_eq!(r.status(), 403, "{}: bob: {}", realm.name, r.text());
         let log = p.access_lines(&path, 1).join("\n");
         assert!(
             log.contains("reason=delegation_refused") && log.contains("user_not_delegable"),
             "{log}"
         );
         let path = format!("/echo/nondelegable/{}", nonce("n"));
-        let r =
-            Conn::open(p.http).request("GET", &path, &[("Authorization", &basic(&lab.alice))], b"");
-        assert_eq!(r.status, 502, "{}: other SPN: {}", realm.name, r.text());
+        let r = client(lab, p.addr()).request(
+            "GET",
+            &path,
+            &[("Authorization", &basic(&lab.alice))],
+            b"",
+        );
+        assert_eq!(r.status(), 502, "{}: other SPN: {}", realm.name, r.text());
         let log = p.access_lines(&path, 1).join("\n");
         assert!(log.contains("spn_not_allowed"), "{log}");
         // The connection survives a refusal (nothing about the request was wrong).
-        let mut c = Conn::open(p.http);
+        let mut c = client(lab, p.addr());
         let r = c.request(
             "GET",
             "/whoami",
             &[("Authorization", &basic(&lab.bob))],
             b"",
         );
-        assert_eq!(r.status, 403);
+        assert_eq!(r.status(), 403);
         let r = c.request(
             "GET",
             "/whoami",
             &[("Authorization", &basic(&lab.alice))],
             b"",
         );
-        assert_eq!(r.status, 200);
+        assert_eq!(r.status(), 200);
         assert_eq!(named(&r), lab.alice.principal(realm));
     }
 }
@@ -291,12 +274,12 @@ fn two_hundred_requests_on_four_connections_cost_one_s4u2self_and_one_s4u2proxy(
     let auth = basic(&lab.carol);
     let threads: Vec<_> = (0..4)
         .map(|_| {
-            let (addr, auth, principal) = (p.http, auth.clone(), principal.clone());
+            let (addr, auth, principal) = (p.addr(), auth.clone(), principal.clone());
             std::thread::spawn(move || {
-                let mut c = Conn::open(addr);
+                let mut c = client(lab, addr);
                 for _ in 0..50 {
                     let r = c.request("GET", "/whoami", &[("Authorization", &auth)], b"");
-                    assert_eq!(r.status, 200, "{}", r.text());
+                    assert_eq!(r.status(), 200, "{}", r.text());
                     assert_eq!(named(&r), principal);
                 }
             })
@@ -333,9 +316,9 @@ fn fifty_concurrent_first_requests_by_one_user_cost_one_exchange() {
         let gate = Arc::new(Barrier::new(50));
         let threads: Vec<_> = (0..50)
             .map(|_| {
-                let (addr, auth, gate) = (p.http, auth.clone(), gate.clone());
+                let (addr, auth, gate) = (p.addr(), auth.clone(), gate.clone());
                 std::thread::spawn(move || {
-                    let mut c = Conn::open(addr);
+                    let mut c = client(lab, addr);
                     gate.wait();
                     c.request("GET", "/whoami", &[("Authorization", &auth)], b"")
                 })
@@ -343,7 +326,7 @@ fn fifty_concurrent_first_requests_by_one_user_cost_one_exchange() {
             .collect();
         for t in threads {
             let r = t.join().unwrap();
-            assert_eq!(r.status, 200, "{}", r.text());
+            assert_eq!(r.status(), 200, "{}", r.text());
             assert_eq!(named(&r), principal);
         }
         let one = S4uCounts {
@@ -368,15 +351,15 @@ fn two_users_interleaved_on_keep_alive_connections_never_cross() {
     ];
     let threads: Vec<_> = (0..4)
         .map(|t| {
-            let (addr, users) = (p.http, users.clone());
+            let (addr, users) = (p.addr(), users.clone());
             std::thread::spawn(move || {
-                let mut c = Conn::open(addr);
+                let mut c = client(lab, addr);
                 let mut crossed = 0;
                 for i in 0..500 {
                     let (auth, who) = &users[(i + t) % 2];
                     let path = if i % 3 == 0 { "/echo/x" } else { "/whoami" };
                     let r = c.request("GET", path, &[("Authorization", auth)], b"");
-                    assert_eq!(r.status, 200, "{}", r.text());
+                    assert_eq!(r.status(), 200, "{}", r.text());
                     if named(&r) != *who {
                         crossed += 1;
                     }
@@ -420,7 +403,8 @@ fn send_auth_401_answers_the_backend_challenge_itself() {
 }
 
 /// A Kerberos client is delegated with its own ticket as evidence: S4U2Proxy only, never
-/// S4U2Self (MS-SFU 3.1.5.2), in both realms.
+/// S4U2Self (the client's service ticket is the evidence ticket of MS-SFU 3.1.5.2), in both
+/// realms.
 #[test]
 fn a_kerberos_client_is_delegated_with_its_own_ticket_and_no_s4u2self() {
     use kcdproxy::auth::kerberos::{InitiatorMech, KerberosInitiator};
@@ -435,14 +419,14 @@ fn a_kerberos_client_is_delegated_with_its_own_ticket_and_no_s4u2self() {
         let service = format!("{}@{}", lab.proxy_spn, realm.name);
         let (token, _ctx) = carol.token(&service, InitiatorMech::Spnego, false).unwrap();
         let path = format!("/echo/evidence-{}", nonce("n"));
-        let mut c = Conn::open(p.http);
+        let mut c = client(lab, p.addr());
         let r = c.request(
             "GET",
             &path,
             &[("Authorization", &auth_header("Negotiate", &token))],
             b"",
         );
-        assert_eq!(r.status, 200, "{}: {}", realm.name, r.text());
+        assert_eq!(r.status(), 200, "{}: {}", realm.name, r.text());
         assert_eq!(named(&r), principal);
         // The connection stays authenticated; the backend connection too.
         let r = c.request("GET", "/whoami", &[], b"");

@@ -6,34 +6,21 @@
 //!
 //! Its own test binary: nothing else runs while the lab's MIT KDC is frozen.
 
-#[path = "common/auth.rs"]
-mod auth;
 mod common;
 
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use auth::{auth_header, curl, Conn, Proxy};
+use common::authn::{basic, client, start_proxy};
+use common::curl::curl;
 use common::kdc::{mit_kdc_pid, Frozen};
-use common::lab::{lab, User};
-
-fn basic(user: &User) -> String {
-    auth_header(
-        "Basic",
-        format!("{}:{}", user.name, user.password).as_bytes(),
-    )
-}
+use common::lab::lab;
 
 #[test]
 fn a_frozen_kdc_stops_only_new_users_and_only_for_the_kdc_timeout() {
     let lab = lab();
     let realm = &lab.mit;
     let pid = mit_kdc_pid(lab);
-    let metrics = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let metrics = common::free_port();
     let b = &lab.backend.http_url;
     let args: Vec<String> = vec![
         "--route".into(),
@@ -52,22 +39,22 @@ fn a_frozen_kdc_stops_only_new_users_and_only_for_the_kdc_timeout() {
         "--metrics-listen".into(),
         format!("127.0.0.1:{metrics}"),
     ];
-    let p = Proxy::start(lab, &args);
+    let p = start_proxy(lab, &args);
     let (alice, carol) = (basic(&lab.alice), basic(&lab.carol));
     let alice_name = format!("authenticated as {}", lab.alice.principal(realm));
 
     // alice's ticket is cached before the KDC goes quiet.
-    let r = Conn::open(p.http).request("GET", "/echo/warm", &[("Authorization", &alice)], b"");
-    assert_eq!(r.status, 200, "{}: {}", r.text(), p.stderr_tail());
+    let r = client(lab, p.addr()).request("GET", "/echo/warm", &[("Authorization", &alice)], b"");
+    assert_eq!(r.status(), 200, "{}: {}", r.text(), p.stderr_tail());
 
     let frozen = Frozen::new(pid);
     // carol is new: her S4U2Self waits on the frozen KDC until the deadline.
     let carol_req = std::thread::spawn({
-        let (addr, carol) = (p.http, carol.clone());
+        let (addr, carol) = (p.addr(), carol.clone());
         move || {
             let t = Instant::now();
             let r =
-                Conn::open(addr).request("GET", "/echo/carol", &[("Authorization", &carol)], b"");
+                client(lab, addr).request("GET", "/echo/carol", &[("Authorization", &carol)], b"");
             (r, t.elapsed())
         }
     });
@@ -77,16 +64,16 @@ fn a_frozen_kdc_stops_only_new_users_and_only_for_the_kdc_timeout() {
     let t = Instant::now();
     let alices: Vec<_> = (0..4)
         .map(|i| {
-            let (addr, alice) = (p.http, alice.clone());
+            let (addr, alice) = (p.addr(), alice.clone());
             std::thread::spawn(move || {
                 let path = format!("/echo/alice-{i}");
-                Conn::open(addr).request("GET", &path, &[("Authorization", &alice)], b"")
+                client(lab, addr).request("GET", &path, &[("Authorization", &alice)], b"")
             })
         })
         .collect();
     for a in alices {
         let r = a.join().unwrap();
-        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.status(), 200, "{}", r.text());
         assert!(r.text().contains(&alice_name), "{}", r.text());
     }
     let alice_took = t.elapsed();
@@ -95,7 +82,7 @@ fn a_frozen_kdc_stops_only_new_users_and_only_for_the_kdc_timeout() {
         "cached user slowed by the frozen KDC: {alice_took:?}"
     );
     let (r, carol_took) = carol_req.join().unwrap();
-    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.status(), 503, "{}", r.text());
     assert_eq!(r.header("retry-after"), Some("5"));
     assert!(
         carol_took >= Duration::from_millis(900) && carol_took < Duration::from_millis(2500),
@@ -106,18 +93,18 @@ fn a_frozen_kdc_stops_only_new_users_and_only_for_the_kdc_timeout() {
     // The KDC answers again: carol gets through (an unavailable KDC is not cached as a refusal).
     let deadline = Instant::now() + Duration::from_secs(10);
     let r = loop {
-        let r = Conn::open(p.http).request(
+        let r = client(lab, p.addr()).request(
             "GET",
             "/echo/carol-back",
             &[("Authorization", &carol)],
             b"",
         );
-        if r.status != 503 || Instant::now() > deadline {
+        if r.status() != 503 || Instant::now() > deadline {
             break r;
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.status(), 200, "{}", r.text());
     assert!(
         r.text()
             .contains(&format!("authenticated as {}", lab.carol.principal(realm))),

@@ -2,6 +2,9 @@
 //! reads the answer with its own parser (Content-Length, chunked, close-delimited), so nothing
 //! between the test and the proxy normalises either side.
 //!
+//! Requests name `Host: kcd.test` unless the client is told another host
+//! ([`Client::with_host`]).
+//!
 //! Every read and write has a timeout ([`IO_TIMEOUT`] unless changed); reading methods return a
 //! `Result<_, String>` whose error says what was received so far, and the panicking shorthands
 //! ([`Client::request`], [`Client::read_final`]) put that in the failure message.
@@ -9,6 +12,9 @@
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
 
 use super::{local, IO_TIMEOUT};
 
@@ -82,8 +88,39 @@ impl Response {
         self.head.header_all(name)
     }
 
+    /// See [`Head::connection_close`].
+    pub fn connection_close(&self) -> bool {
+        self.head.connection_close()
+    }
+
+    /// The `WWW-Authenticate` values, in order.
+    pub fn challenges(&self) -> Vec<&str> {
+        self.header_all("www-authenticate")
+    }
+
+    /// The decoded token of the first `WWW-Authenticate: SCHEME <base64>` (scheme compared
+    /// case-insensitively).
+    pub fn token(&self, scheme: &str) -> Option<Vec<u8>> {
+        self.challenges().iter().find_map(|v| {
+            let (s, t) = v.split_once(' ')?;
+            if s.eq_ignore_ascii_case(scheme) {
+                B64.decode(t.trim()).ok()
+            } else {
+                None
+            }
+        })
+    }
+
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The value of the first `key=value` line of a text body (the lab backend's echo reports
+    /// `x_kcd_user=`, `body_length=`, `body_sha256=`… that way).
+    pub fn body_line(&self, key: &str) -> Option<String> {
+        self.text()
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")).map(str::to_string))
     }
 
     /// The body as JSON (the echo server's answers); panics with the body if it is not.
@@ -133,6 +170,8 @@ pub fn is_timeout(e: &io::Error) -> bool {
 pub struct Client {
     s: TcpStream,
     peer: SocketAddr,
+    /// The `Host` of the requests it writes.
+    host: String,
     buf: Vec<u8>,
     pos: usize,
     /// Whether the request being answered was HEAD (its response has no body).
@@ -143,11 +182,20 @@ impl Client {
     /// Connects to 127.0.0.1:`port`, panicking with the reason on failure.
     #[track_caller]
     pub fn connect(port: u16) -> Client {
-        Client::try_connect(port).unwrap_or_else(|e| panic!("connect to 127.0.0.1:{port}: {e}"))
+        Client::open(local(port))
     }
 
     pub fn try_connect(port: u16) -> io::Result<Client> {
-        let peer = local(port);
+        Client::try_open(local(port))
+    }
+
+    /// Connects to `addr`, panicking with the reason on failure.
+    #[track_caller]
+    pub fn open(addr: SocketAddr) -> Client {
+        Client::try_open(addr).unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
+    }
+
+    pub fn try_open(peer: SocketAddr) -> io::Result<Client> {
         let s = TcpStream::connect_timeout(&peer, Duration::from_secs(5))?;
         s.set_nodelay(true)?;
         s.set_read_timeout(Some(IO_TIMEOUT))?;
@@ -155,10 +203,18 @@ impl Client {
         Ok(Client {
             s,
             peer,
+            host: "kcd.test".into(),
             buf: Vec::new(),
             pos: 0,
             head_request: false,
         })
+    }
+
+    /// Names `host` in the `Host` header of the requests [`Client::request`] and
+    /// [`Client::send_head`] write (bytes given to [`Client::send`] are sent as they are).
+    pub fn with_host(mut self, host: &str) -> Client {
+        self.host = host.into();
+        self
     }
 
     pub fn set_read_timeout(&self, d: Duration) {
@@ -189,8 +245,42 @@ impl Client {
         self.head_request = true;
     }
 
+    /// A request head: the request line, `Host`, `headers` in order, then `Content-Length` if
+    /// `content_length` is given.
+    fn head_bytes(
+        &self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        content_length: Option<usize>,
+    ) -> Vec<u8> {
+        let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {}\r\n", self.host);
+        for (n, v) in headers {
+            req.push_str(&format!("{n}: {v}\r\n"));
+        }
+        if let Some(n) = content_length {
+            req.push_str(&format!("Content-Length: {n}\r\n"));
+        }
+        req.push_str("\r\n");
+        req.into_bytes()
+    }
+
+    /// Sends a request head only: the request line, `Host`, `headers` in order, then
+    /// `Content-Length` if `content_length` is given. The body, if any, is the caller's to send.
+    #[track_caller]
+    pub fn send_head(
+        &mut self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        content_length: Option<usize>,
+    ) {
+        let bytes = self.head_bytes(method, target, headers, content_length);
+        self.send(&bytes);
+    }
+
     /// Sends a request with a Content-Length body (none if `body` is empty and the method is
-    /// GET/HEAD) and reads the final response. `headers` come after `Host: kcd.test`.
+    /// GET/HEAD) and reads the final response. `headers` come after `Host`.
     #[track_caller]
     pub fn request(
         &mut self,
@@ -199,15 +289,9 @@ impl Client {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Response {
-        let mut req = format!("{method} {target} HTTP/1.1\r\nHost: kcd.test\r\n");
-        for (n, v) in headers {
-            req.push_str(&format!("{n}: {v}\r\n"));
-        }
-        if !body.is_empty() || !matches!(method, "GET" | "HEAD") {
-            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
-        }
-        req.push_str("\r\n");
-        let mut bytes = req.into_bytes();
+        let content_length =
+            (!body.is_empty() || !matches!(method, "GET" | "HEAD")).then_some(body.len());
+        let mut bytes = self.head_bytes(method, target, headers, content_length);
         bytes.extend_from_slice(body);
         self.send(&bytes);
         self.read_final()

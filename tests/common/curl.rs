@@ -1,38 +1,24 @@
 //! Runs the `curl` CLI, always with `--max-time`, as an HTTP client independent of ours.
 
-use std::process::Command;
+use std::ffi::OsStr;
+use std::process::{Command, Stdio};
 
-/// What a curl run printed.
-pub struct Curl {
-    pub ok: bool,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl Curl {
-    /// The JSON documents curl printed, one per line (the echo server ends each with `\n`).
-    pub fn json_docs(&self) -> Vec<serde_json::Value> {
-        self.stdout
-            .lines()
-            .map(|l| {
-                serde_json::from_str(l).unwrap_or_else(|e| {
-                    panic!("curl output is not JSON ({e}): {l}\n{}", self.stderr)
-                })
-            })
-            .collect()
-    }
-}
+use super::Output;
 
 /// Runs `curl -sS --max-time 20 ARGS…`.
-pub fn curl(args: &[&str]) -> Curl {
-    let out = Command::new("curl")
+pub fn curl(args: &[&str]) -> Output {
+    curl_env(args, &[] as &[(&str, &str)])
+}
+
+/// [`curl`] with extra environment variables (`KRB5_CONFIG` and `KRB5CCNAME` for
+/// `--negotiate`).
+pub fn curl_env<K: AsRef<OsStr>, V: AsRef<OsStr>>(args: &[&str], env: &[(K, V)]) -> Output {
+    Command::new("curl")
         .args(["-sS", "--max-time", "20"])
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
         .output()
-        .expect("run curl (is it installed? scripts/install-deps.sh)");
-    Curl {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+        .expect("run curl (is it installed? scripts/install-deps.sh)")
+        .into()
 }

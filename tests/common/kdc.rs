@@ -1,11 +1,14 @@
 //! Kerberos helpers shared by the tests that talk to the lab's KDCs: the process environment
-//! for in-process GSS-API, counting S4U exchanges in the MIT KDC's log, and freezing the MIT
-//! KDC (SIGSTOP) for KDC-down tests.
+//! for in-process GSS-API, `kinit` into a ticket cache for Kerberos clients in other processes,
+//! counting S4U exchanges in the MIT KDC's log, and freezing the MIT KDC (SIGSTOP) for KDC-down
+//! tests.
 
+use std::io::Write;
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use super::lab::{lab, Lab};
+use super::lab::{lab, Lab, Realm, User};
 
 /// The lab, with `KRB5_CONFIG` and `KRB5RCACHEDIR` set for this process (in-process GSS-API
 /// reads them) — once, before any thread uses GSS-API.
@@ -19,6 +22,28 @@ pub fn krb5_lab() -> &'static Lab {
         std::env::remove_var("KRB5_KTNAME");
     });
     lab
+}
+
+/// Logs `user` in to `realm` with `kinit` (password on stdin), into the ticket cache `ccache`
+/// (`FILE:…`, what a client process then gets as `KRB5CCNAME`); panics if it fails.
+pub fn kinit(realm: &Realm, user: &User, ccache: &str) {
+    let mut child = Command::new("kinit")
+        .arg(user.principal(realm))
+        .env("KRB5_CONFIG", &realm.krb5_config)
+        .env("KRB5CCNAME", ccache)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kinit");
+    writeln!(
+        child.stdin.take().expect("kinit stdin"),
+        "{}",
+        user.password
+    )
+    .expect("kinit stdin");
+    let out = child.wait_with_output().expect("kinit");
+    assert!(out.status.success(), "kinit: {out:?}");
 }
 
 /// Lines of the MIT KDC's log containing `needle` (after a moment for the last to land).

@@ -25,7 +25,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use super::flock_within;
 
 /// One Kerberos realm of the lab, with the proxy's and the backend's credentials in it.
 #[derive(Debug, Clone)]
@@ -263,19 +265,11 @@ fn lock_shared(dir: &Path) -> Result<Option<File>, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        // SAFETY: flock on a descriptor we own; no memory is involved.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "{} stayed locked for 2 minutes (a lab.sh down hanging?)",
-                path.display()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    if !flock_within(&file, libc::LOCK_SH, Duration::from_secs(120)) {
+        return Err(format!(
+            "{} stayed locked for 2 minutes (a lab.sh down hanging?)",
+            path.display()
+        ));
     }
     let same = match (file.metadata(), std::fs::metadata(&path)) {
         (Ok(held), Ok(now)) => held.dev() == now.dev() && held.ino() == now.ino(),

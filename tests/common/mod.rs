@@ -1,16 +1,25 @@
-//! Fixtures shared by the integration tests of the proxy core: a real HTTP/1.1 origin
-//! ([`echo`]), a launcher for the proxy binary ([`proxy`]), a raw-socket HTTP/1.1 client that
-//! parses responses itself ([`client`]), certificates made with the `openssl` CLI ([`certs`]) and
-//! a deterministic byte pattern for large bodies ([`pattern`]). `lab` (the Kerberos lab fixture)
-//! belongs to the lab tests and is only declared here.
+//! The fixture set of the integration tests: every test binary declares `mod common;` and uses
+//! the part it needs.
 //!
-//! Every test starts its own servers on free loopback ports, so tests in one binary run in
-//! parallel without sharing state. Every socket operation has a timeout and every wait is
-//! bounded: a broken proxy makes a test fail with a message, never hang.
+//! - The proxy core: a real HTTP/1.1 origin ([`echo`]), a launcher for the proxy binary
+//!   ([`proxy`]), a raw-socket HTTP/1.1 client that parses responses itself ([`client`]), the
+//!   `curl` CLI as an independent client ([`curl`]), certificates made with the `openssl` CLI
+//!   ([`certs`]) and a deterministic byte pattern for large bodies ([`pattern`]).
+//! - The Kerberos lab (`tests/lab/`): the lab itself as typed values ([`lab`]), Kerberos helpers
+//!   around its KDCs ([`kdc`]), and what the client pre-authentication and delegation tests add to
+//!   the core fixtures ([`authn`]: the proxy in front of the lab's backend, `Authorization`
+//!   values, the backend's access log), an origin that records the request heads it receives
+//!   ([`recorder`]) and pyspnego as a real SPNEGO client ([`pyspnego`]).
+//!
+//! Every test starts its own servers on free loopback ports (or shares one per binary, in a
+//! `static`), so tests in one binary run in parallel without sharing state. Every socket
+//! operation has a timeout and every wait is bounded: a broken proxy makes a test fail with a
+//! message, never hang.
 
 // Each test binary compiles this module but uses only part of it.
 #![allow(dead_code)]
 
+pub mod authn;
 pub mod certs;
 pub mod client;
 pub mod curl;
@@ -19,10 +28,16 @@ pub mod kdc;
 pub mod lab;
 pub mod pattern;
 pub mod proxy;
+pub mod pyspnego;
+pub mod recorder;
 
 use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -155,4 +170,82 @@ impl Drop for TempDir {
 pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(data))
+}
+
+/// What a client process (curl, a Python client) printed.
+#[derive(Debug)]
+pub struct Output {
+    /// Whether it exited with status 0.
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    /// The JSON documents on stdout, one per line (the echo server ends each with `\n`).
+    pub fn json_docs(&self) -> Vec<serde_json::Value> {
+        self.stdout
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("output is not JSON ({e}): {l}\n{}", self.stderr))
+            })
+            .collect()
+    }
+}
+
+impl From<std::process::Output> for Output {
+    fn from(out: std::process::Output) -> Output {
+        Output {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+/// Runs `cmd` (stdin from /dev/null, stdout and stderr captured) for at most `limit`: a process
+/// still running then is killed, and its output ends with a line saying so. Err only when it
+/// cannot be started.
+pub fn run_bounded(cmd: &mut Command, limit: Duration) -> std::io::Result<Output> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // Read both pipes while it runs: a child blocked on a full pipe would never exit.
+    fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    }
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let exited = poll_until(limit, || child.try_wait().ok().flatten().is_some());
+    if !exited {
+        let _ = child.kill();
+    }
+    let status = child.wait()?;
+    let mut out = Output {
+        ok: exited && status.success(),
+        stdout: String::from_utf8_lossy(&stdout.join().unwrap_or_default()).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr.join().unwrap_or_default()).into_owned(),
+    };
+    if !exited {
+        out.stderr.push_str(&format!("\n(killed after {limit:?})"));
+    }
+    Ok(out)
+}
+
+/// Takes `flock(file, op)` (`libc::LOCK_SH` or `libc::LOCK_EX`), retrying for up to `wait`.
+/// Returns whether it got the lock.
+pub fn flock_within(file: &File, op: libc::c_int, wait: Duration) -> bool {
+    // SAFETY: flock on a descriptor the caller owns; no memory is involved.
+    poll_until(wait, || unsafe {
+        libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) == 0
+    })
 }

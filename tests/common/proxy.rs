@@ -1,14 +1,21 @@
-//! Starts the proxy binary ([`binary`]) for one test, waits until it listens,
-//! and reads its access log; the process is killed when the [`Proxy`] is dropped.
+//! Starts the proxy binary ([`binary`]) for a test, waits until it listens, and reads its
+//! access log; the process is killed when the [`Proxy`] is dropped.
 //!
 //! The launcher adds `--listen 127.0.0.1:PORT` (a free port: every worker binds its own
-//! SO_REUSEPORT socket, so port 0 cannot work), `--workers 2`, and a text access log in the test's
-//! temporary directory, unless the caller gave those flags. Stdout and stderr go to files there;
-//! when a test fails, dropping the proxy prints the end of both and of the access log.
+//! SO_REUSEPORT socket, so port 0 cannot work), a TLS listener when given certificates,
+//! `--workers 2`, and a text access log in the proxy's temporary directory, unless the caller gave
+//! those flags. Stdout and stderr go to files there; when a test fails, dropping the proxy prints
+//! the end of both and of the access log, and keeps the directory.
+//!
+//! A proxy shared by the tests of a binary lives in a `static` and is never dropped: a guard
+//! process stops it when the test process exits (however it ends) and removes its directory
+//! unless `KCD_TEST_KEEP_LOGS=1`.
 
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,15 +24,99 @@ use super::certs::CertPair;
 use super::client::Client;
 use super::{free_ports, listening_inodes, local, poll_until, socket_inodes_of, TempDir};
 
-/// How long the proxy may take to listen after being spawned.
+/// How long the proxy may take to listen after being spawned, unless the launch says otherwise.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a start is retried when the chosen port was taken meanwhile.
 const PORT_RETRIES: usize = 3;
+/// How long the access-log readers wait for the lines they expect (each worker flushes its log
+/// every 200 ms).
+const LOG_WAIT: Duration = Duration::from_secs(3);
 
 /// The binary under test: the crate's `kcdproxy`, or `$KCDPROXY_ITEST_BIN` when set (to run
 /// the suite against another build, or a stand-in when checking the tests themselves).
 pub fn binary() -> String {
     std::env::var("KCDPROXY_ITEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_kcdproxy").into())
+}
+
+/// How to start a proxy: its flags, TLS certificates, environment and start-up patience.
+/// [`Proxy::start`] and [`Proxy::start_tls`] are the usual shorthands.
+#[derive(Clone, Debug)]
+pub struct Launch {
+    /// Flags after the launcher's own (routes, timeouts, auth…).
+    pub args: Vec<String>,
+    /// Certificates of a TLS listener (first = default for SNI); none: no TLS listener.
+    pub certs: Vec<CertPair>,
+    /// Environment variables of the process besides the test process's own, set in order.
+    pub env: Vec<(OsString, OsString)>,
+    /// How long the proxy may take to listen after being spawned.
+    pub ready_timeout: Duration,
+}
+
+impl Launch {
+    pub fn new<S: AsRef<str>>(args: &[S]) -> Launch {
+        Launch {
+            args: args.iter().map(|a| a.as_ref().to_string()).collect(),
+            certs: Vec::new(),
+            env: Vec::new(),
+            ready_timeout: READY_TIMEOUT,
+        }
+    }
+
+    /// Adds a TLS listener serving `certs` (first = default for SNI).
+    pub fn tls(mut self, certs: &[&CertPair]) -> Launch {
+        self.certs.extend(certs.iter().map(|c| (*c).clone()));
+        self
+    }
+
+    /// Sets `key=value` in the process's environment (after those set before: a later one wins).
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Launch {
+        self.env
+            .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self
+    }
+
+    pub fn ready_timeout(mut self, timeout: Duration) -> Launch {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    /// Whether the caller's flags include `flag`.
+    pub fn has(&self, flag: &str) -> bool {
+        self.args.iter().any(|a| a == flag)
+    }
+
+    /// Adds `flag` (and its `value`) unless the caller's flags already have it: the proxy
+    /// refuses a flag given twice.
+    pub fn default_flag(mut self, flag: &str, value: Option<&str>) -> Launch {
+        if !self.has(flag) {
+            self.args.push(flag.into());
+            self.args.extend(value.map(String::from));
+        }
+        self
+    }
+
+    /// Starts the proxy; panics with its stderr if it does not come up.
+    #[track_caller]
+    pub fn start(&self) -> Proxy {
+        self.try_start().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts the proxy; Err describes why it is not listening (exit status, stderr).
+    pub fn try_start(&self) -> Result<Proxy, String> {
+        let mut last = String::new();
+        for _ in 0..PORT_RETRIES {
+            match Proxy::spawn_once(self) {
+                Ok(p) => return Ok(p),
+                Err((msg, port_taken)) => {
+                    last = msg;
+                    if !port_taken {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
 }
 
 /// A running proxy process.
@@ -38,6 +129,8 @@ pub struct Proxy {
     stderr: PathBuf,
     stdout: PathBuf,
     exit: Option<ExitStatus>,
+    /// Stops the process at exit if the proxy is never dropped; disarmed once it is reaped.
+    guard: Option<ExitGuard>,
 }
 
 impl Proxy {
@@ -45,47 +138,34 @@ impl Proxy {
     /// stderr if it does not come up.
     #[track_caller]
     pub fn start(args: &[&str]) -> Proxy {
-        Proxy::try_start(args, &[]).unwrap_or_else(|e| panic!("{e}"))
+        Launch::new(args).start()
     }
 
     /// Like [`Proxy::start`], plus a TLS listener serving `certs` (first = default for SNI).
     #[track_caller]
     pub fn start_tls(args: &[&str], certs: &[&CertPair]) -> Proxy {
-        Proxy::try_start(args, certs).unwrap_or_else(|e| panic!("{e}"))
+        Launch::new(args).tls(certs).start()
     }
 
     /// Starts the proxy; Err describes why it is not listening (exit status, stderr).
     pub fn try_start(args: &[&str], certs: &[&CertPair]) -> Result<Proxy, String> {
-        let mut last = String::new();
-        for _ in 0..PORT_RETRIES {
-            match Proxy::spawn_once(args, certs) {
-                Ok(p) => return Ok(p),
-                Err((msg, port_taken)) => {
-                    last = msg;
-                    if !port_taken {
-                        break;
-                    }
-                }
-            }
-        }
-        Err(last)
+        Launch::new(args).tls(certs).try_start()
     }
 
     /// Err((message, whether the failure looks like a port someone else took)).
-    fn spawn_once(args: &[&str], certs: &[&CertPair]) -> Result<Proxy, (String, bool)> {
+    fn spawn_once(launch: &Launch) -> Result<Proxy, (String, bool)> {
         let dir = TempDir::new("proxy");
         let access_log = dir.join("access.log");
         let stderr = dir.join("stderr.log");
         let stdout = dir.join("stdout.log");
         let [port, tls_port] = free_ports::<2>();
-        let has = |flag: &str| args.contains(&flag);
 
         let mut full: Vec<String> = vec!["--listen".into(), format!("127.0.0.1:{port}")];
-        let tls_port = if certs.is_empty() {
+        let tls_port = if launch.certs.is_empty() {
             None
         } else {
             full.extend(["--listen-tls".into(), format!("127.0.0.1:{tls_port}")]);
-            for c in certs {
+            for c in &launch.certs {
                 full.extend([
                     "--tls-cert".into(),
                     c.cert.display().to_string(),
@@ -95,26 +175,24 @@ impl Proxy {
             }
             Some(tls_port)
         };
-        if !has("--workers") {
-            full.extend(["--workers".into(), "2".into()]);
-        }
-        if !has("--access-log") {
-            full.extend(["--access-log".into(), access_log.display().to_string()]);
-        }
-        if !has("--access-log-format") {
-            full.extend(["--access-log-format".into(), "text".into()]);
-        }
-        full.extend(args.iter().map(|a| a.to_string()));
+        let launch = launch
+            .clone()
+            .default_flag("--workers", Some("2"))
+            .default_flag("--access-log", Some(&access_log.display().to_string()))
+            .default_flag("--access-log-format", Some("text"));
+        full.extend(launch.args.iter().cloned());
 
         let create =
             |p: &PathBuf| File::create(p).map_err(|e| (format!("create {p:?}: {e}"), false));
         let child = Command::new(binary())
             .args(&full)
+            .envs(launch.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(create(&stdout)?)
             .stderr(create(&stderr)?)
             .spawn()
             .map_err(|e| (format!("spawn kcdproxy: {e}"), false))?;
+        let guard = ExitGuard::spawn(child.id(), dir.path());
         let mut proxy = Proxy {
             child,
             port,
@@ -124,10 +202,12 @@ impl Proxy {
             stderr,
             stdout,
             exit: None,
+            guard: Some(guard),
         };
 
         let ports: Vec<u16> = std::iter::once(port).chain(tls_port).collect();
-        let deadline = Instant::now() + READY_TIMEOUT;
+        let ready_timeout = launch.ready_timeout;
+        let deadline = Instant::now() + ready_timeout;
         let mut ready = vec![false; ports.len()];
         loop {
             for (i, p) in ports.iter().enumerate() {
@@ -169,7 +249,7 @@ impl Proxy {
                 return Err((
                     format!(
                         "kcdproxy is running but not listening on {ports:?} after \
-                         {READY_TIMEOUT:?}\nargs: {full:?}\n--- stderr ---\n{}",
+                         {ready_timeout:?}\nargs: {full:?}\n--- stderr ---\n{}",
                         proxy.stderr()
                     ),
                     false,
@@ -189,6 +269,11 @@ impl Proxy {
         self.tls_port.expect("proxy started without a TLS listener")
     }
 
+    /// The plain listener's address.
+    pub fn addr(&self) -> SocketAddr {
+        local(self.port)
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
@@ -205,6 +290,11 @@ impl Proxy {
 
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// The last 20 lines of stderr, for assertion messages.
+    pub fn stderr_tail(&self) -> String {
+        tail(&self.stderr(), 20)
     }
 
     pub fn stdout(&self) -> String {
@@ -234,6 +324,12 @@ impl Proxy {
     pub fn try_exit(&mut self) -> Option<ExitStatus> {
         if self.exit.is_none() {
             self.exit = self.child.try_wait().ok().flatten();
+            if self.exit.is_some() {
+                // Reaped: its pid may name another process from now on.
+                if let Some(guard) = self.guard.take() {
+                    guard.disarm();
+                }
+            }
         }
         self.exit
     }
@@ -289,7 +385,29 @@ impl Proxy {
 
     /// Waits for the access-log line of the request to `path` (query ignored).
     pub fn wait_log_path(&self, path: &str) -> LogLine {
-        self.wait_log_line(|l| l.path() == Some(path), Duration::from_secs(3))
+        self.wait_log_line(|l| l.path() == Some(path), LOG_WAIT)
+    }
+
+    /// The access-log lines of the requests to `path` (query ignored), waiting (up to 3 s)
+    /// until there are at least `at_least`.
+    pub fn access_lines(&self, path: &str, at_least: usize) -> Vec<String> {
+        self.access_lines_until(path, |lines| lines.len() >= at_least)
+    }
+
+    /// The access-log lines of the requests to `path` (query ignored), waiting (up to 3 s)
+    /// until `done` holds for them; what there is then.
+    pub fn access_lines_until(&self, path: &str, done: impl Fn(&[String]) -> bool) -> Vec<String> {
+        let mut lines = Vec::new();
+        poll_until(LOG_WAIT, || {
+            lines = self
+                .log_lines()
+                .into_iter()
+                .filter(|l| l.path() == Some(path))
+                .map(|l| l.raw)
+                .collect();
+            done(&lines)
+        });
+        lines
     }
 
     /// Current resident set size, KiB (VmRSS).
@@ -351,23 +469,62 @@ impl RssSampler {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
+        if let Some(guard) = self.guard.take() {
+            guard.disarm();
+        }
         if self.try_exit().is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
         if std::thread::panicking() {
-            let tail = |s: String, n: usize| {
-                let lines: Vec<&str> = s.lines().collect();
-                lines[lines.len().saturating_sub(n)..].join("\n")
-            };
             eprintln!(
                 "--- kcdproxy on port {} (exit: {:?}) stderr (tail) ---\n{}\n--- access log (tail) ---\n{}",
                 self.port,
                 self.exit,
-                tail(self.stderr(), 40),
-                tail(self.access_log().join("\n"), 20),
+                tail(&self.stderr(), 40),
+                tail(&self.access_log().join("\n"), 20),
             );
         }
+    }
+}
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A `sh` that waits for end-of-file on a pipe whose only writer is this test process, then
+/// stops the proxy (TERM, KILL a second later) and removes its directory unless
+/// `KCD_TEST_KEEP_LOGS=1`. The end-of-file comes when the test process is gone, however it
+/// ended (exit, panic, signal): the only way to stop a proxy held in a `static`.
+struct ExitGuard {
+    sh: Child,
+    /// The write end; never written, only closed.
+    _pipe: ChildStdin,
+}
+
+impl ExitGuard {
+    fn spawn(pid: u32, dir: &Path) -> ExitGuard {
+        let script = "read _ignored; kill -TERM \"$1\" 2>/dev/null; sleep 1; \
+                      kill -KILL \"$1\" 2>/dev/null; \
+                      [ \"$KCD_TEST_KEEP_LOGS\" = 1 ] || rm -rf -- \"$2\"; exit 0";
+        let mut sh = Command::new("/bin/sh")
+            .args(["-c", script, "kcd-test-guard", &pid.to_string()])
+            .arg(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the proxy's exit guard (/bin/sh)");
+        let pipe = sh.stdin.take().expect("guard stdin");
+        ExitGuard { sh, _pipe: pipe }
+    }
+
+    /// Stops the guard without letting it act (killed before its pipe closes).
+    fn disarm(mut self) {
+        let _ = self.sh.kill();
+        let _ = self.sh.wait();
     }
 }
 
