@@ -241,3 +241,118 @@ impl Pool {
         self.idle.values().map(Vec::len).sum()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+
+    use super::*;
+    use crate::config::Scheme;
+    use crate::net::TcpIo;
+
+    /// Runs `f` with a pool and a way to open real loopback connections to one backend (the
+    /// pool peeks at sockets, so they must be real).
+    fn with_pool(f: impl AsyncFnOnce(&mut Pool, Rc<Backend>, &TcpListener)) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let backend = Rc::new(Backend {
+            scheme: Scheme::Http,
+            host: "127.0.0.1".into(),
+            port: addr.port(),
+            addr,
+        });
+        tokio_uring::start(async {
+            let mut pool = Pool::new(4, Duration::from_secs(60));
+            f(&mut pool, backend, &listener).await;
+        });
+    }
+
+    async fn open(backend: &Rc<Backend>, listener: &TcpListener, key: PoolKey) -> BackendConn {
+        let tcp = TcpIo::connect(backend.addr).await.expect("connect");
+        // Keep the accepted side open so the connection stays alive for the peek.
+        let (peer, _) = listener.accept().expect("accept");
+        std::mem::forget(peer);
+        BackendConn::new(Stream::Plain(tcp), key)
+    }
+
+    fn key(backend: &Rc<Backend>, user: Option<&str>, spn: Option<&str>) -> PoolKey {
+        PoolKey {
+            backend: backend.clone(),
+            identity: user.map(Rc::from),
+            spn: spn.map(Rc::from),
+        }
+    }
+
+    #[test]
+    fn a_connection_bound_to_one_user_is_never_handed_to_another() {
+        with_pool(async |pool, backend, listener| {
+            let mut slot = Private::default();
+            let anon = key(&backend, None, None);
+            let conn = open(&backend, listener, anon.clone()).await;
+            pool.checkin(
+                &mut slot,
+                conn,
+                Checkin::Bind(Some(Rc::from("alice@A.TEST"))),
+            );
+            assert_eq!(
+                pool.idle_count(),
+                0,
+                "a bound connection never enters the pool"
+            );
+            // Bob on the same client connection: alice's connection is closed, not reused.
+            let got = pool.checkout(&mut slot, &anon, Some("bob@A.TEST"), false, false);
+            assert!(got.is_none());
+            assert!(slot.0.is_none(), "the mismatched bound connection is gone");
+
+            let conn = open(&backend, listener, anon.clone()).await;
+            pool.checkin(
+                &mut slot,
+                conn,
+                Checkin::Bind(Some(Rc::from("alice@A.TEST"))),
+            );
+            let got = pool.checkout(&mut slot, &anon, Some("alice@A.TEST"), false, false);
+            let got = got.expect("alice gets her own connection back");
+            assert_eq!(got.key().identity.as_deref(), Some("alice@A.TEST"));
+            // Binding again keeps the first user: the key never changes hands.
+            pool.checkin(&mut slot, got, Checkin::Bind(Some(Rc::from("bob@A.TEST"))));
+            let got = pool.checkout(&mut slot, &anon, Some("bob@A.TEST"), false, false);
+            assert!(got.is_none());
+        });
+    }
+
+    #[test]
+    fn delegated_connections_are_pooled_by_user_and_spn_only() {
+        with_pool(async |pool, backend, listener| {
+            let mut slot = Private::default();
+            let alice = key(&backend, Some("alice@A.TEST"), Some("HTTP/web.a.test"));
+            let conn = open(&backend, listener, alice.clone()).await;
+            pool.checkin(&mut slot, conn, Checkin::Reuse);
+            assert_eq!(pool.idle_count(), 1);
+            let carol = key(&backend, Some("carol@A.TEST"), Some("HTTP/web.a.test"));
+            let other_spn = key(&backend, Some("alice@A.TEST"), Some("HTTP/other.a.test"));
+            for k in [&carol, &other_spn] {
+                assert!(pool.checkout(&mut slot, k, None, false, false).is_none());
+            }
+            // A fresh attempt never reuses, even for the right key.
+            assert!(pool
+                .checkout(&mut slot, &alice, None, true, false)
+                .is_none());
+            let got = pool.checkout(&mut slot, &alice, None, false, false);
+            assert_eq!(got.expect("same user and SPN").key(), &alice);
+        });
+    }
+
+    #[test]
+    fn closed_connections_are_not_kept() {
+        with_pool(async |pool, backend, listener| {
+            let mut slot = Private::default();
+            let anon = key(&backend, None, None);
+            let conn = open(&backend, listener, anon.clone()).await;
+            pool.checkin(&mut slot, conn, Checkin::Close);
+            assert_eq!(pool.idle_count(), 0);
+            assert!(pool
+                .checkout(&mut slot, &anon, None, false, false)
+                .is_none());
+        });
+    }
+}

@@ -108,13 +108,7 @@ impl ChunkError {
     }
 }
 
-impl std::fmt::Display for ChunkError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::error::Error for ChunkError {}
+super::str_error!(ChunkError);
 
 /// Decodes one chunked message body; create a new one (or `Default`) per message.
 #[derive(Clone, Debug, Default)]

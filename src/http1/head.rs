@@ -319,13 +319,7 @@ impl ParseError {
     }
 }
 
-impl std::fmt::Display for ParseError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::error::Error for ParseError {}
+super::str_error!(ParseError);
 
 /// Empty lines tolerated before a start line (RFC 9112 §2.2 asks for "at least one"; clients
 /// that send any send one, after a POST body). More is noise, or a probe.

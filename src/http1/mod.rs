@@ -46,6 +46,20 @@ mod encode;
 mod framing;
 mod head;
 
+/// `Display` and `Error` for an error enum whose text is its `as_str()`.
+macro_rules! str_error {
+    ($t:ty) => {
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::error::Error for $t {}
+    };
+}
+use str_error;
+
 pub use chunked::*;
 pub use encode::*;
 pub use framing::*;

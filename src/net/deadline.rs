@@ -36,7 +36,11 @@ pub enum WriteError {
 }
 
 /// Writes all of `buf` before `deadline`. On success the buffer comes back.
-pub async fn write_by<I: Io>(io: &I, buf: Vec<u8>, deadline: Instant) -> Result<Vec<u8>, WriteError> {
+pub async fn write_by<I: Io>(
+    io: &I,
+    buf: Vec<u8>,
+    deadline: Instant,
+) -> Result<Vec<u8>, WriteError> {
     match tokio::time::timeout_at(deadline, io.write_all(buf)).await {
         Ok((Ok(()), buf)) => Ok(buf),
         Ok((Err(e), _)) => Err(WriteError::Io(e)),

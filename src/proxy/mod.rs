@@ -48,9 +48,10 @@ use tokio::time::Instant;
 
 use self::authenticate::Authenticated;
 use self::ctx::WorkerCtx;
-use self::session::{Done, Failed, Next, Progress, Session};
+use self::session::{Done, Facts, Failed, Next, Progress, Session};
 use crate::auth::ConnAuth;
 use crate::backend::Private;
+use crate::error::{Error, Side};
 use crate::http1::RequestHead;
 use crate::net::Io;
 use crate::tls::Stream;
@@ -100,8 +101,7 @@ pub async fn serve_connection(
             Ok(Some(h)) => h,
             Ok(None) => break,
             Err(e) => {
-                let p = Progress::default();
-                next = respond::answer_error(&mut c, &ctx, None, started, &p, &e, None).await;
+                next = failed(&mut c, &ctx, None, started, &e, false).await;
                 break;
             }
         };
@@ -151,11 +151,40 @@ async fn handle_request(
             c.buf.extend_from_slice(&leftover);
             next
         }
-        Err((e, framing_known)) => {
-            let facts = framing_known.then_some(&s.facts);
-            respond::answer_error(c, ctx, Some(&s.head), s.started, &s.progress, &e, facts).await
-        }
+        Err((e, framing_known)) => failed(c, ctx, Some(&s), s.started, &e, framing_known).await,
     }
+}
+
+/// A request that failed (`s`: `None` when not even its head was read): its answer, its log
+/// line, and what becomes of the connection.
+async fn failed(
+    c: &mut Client,
+    ctx: &WorkerCtx,
+    s: Option<&Session>,
+    started: StdInstant,
+    e: &Error,
+    framing_known: bool,
+) -> Next {
+    let no_progress = Progress::default();
+    let p = s.map_or(&no_progress, |s| &s.progress);
+    let head = s.map(|s| &s.head);
+    let head_request = head.is_some_and(|h| h.method(&c.buf) == b"HEAD");
+    let next = respond::answer_error(c, ctx, e, framing_known, head_request, p).await;
+    // A request whose framing was lost is logged without what the phases learnt (as if it had
+    // failed before them): its identity and backend are not vouched for.
+    let no_facts = Facts::default();
+    let facts = s.filter(|_| framing_known).map_or(&no_facts, |s| &s.facts);
+    log::request(c, ctx, head, started, p, facts, Some(e));
+    if let (Next::KeepAlive, Some(h)) = (&next, head) {
+        c.buf.drain(..h.head_len.min(c.buf.len()));
+    }
+    match e.side() {
+        Side::Client | Side::Internal => {
+            tracing::debug!(peer = %c.peer, error = %e, "request failed")
+        }
+        _ => tracing::info!(peer = %c.peer, error = %e, "request failed"),
+    }
+    next
 }
 
 /// The fixed phase sequence of one request.

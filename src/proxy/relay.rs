@@ -444,7 +444,11 @@ impl Relay<'_> {
 
 /// Reads the next piece of a response body into `buf` (cleared by the caller): an empty
 /// result is the backend's EOF.
-async fn read_body(backend: &Stream, buf: Vec<u8>, deadline: Instant) -> Result<Vec<u8>, RelayError> {
+async fn read_body(
+    backend: &Stream,
+    buf: Vec<u8>,
+    deadline: Instant,
+) -> Result<Vec<u8>, RelayError> {
     match read_by(backend, buf, deadline).await {
         Ok((_, b)) => Ok(b),
         Err((ReadError::Timeout, _)) => Err(backend_err(
@@ -459,7 +463,11 @@ async fn read_body(backend: &Stream, buf: Vec<u8>, deadline: Instant) -> Result<
     }
 }
 
-async fn write_client(client: &Stream, buf: Vec<u8>, ctx: &WorkerCtx) -> Result<Vec<u8>, RelayError> {
+async fn write_client(
+    client: &Stream,
+    buf: Vec<u8>,
+    ctx: &WorkerCtx,
+) -> Result<Vec<u8>, RelayError> {
     let deadline = Instant::now() + ctx.shared.cfg.timeouts.client_idle;
     write_by(client, buf, deadline).await.map_err(|e| {
         RelayError::Failed(match e {

@@ -4,13 +4,11 @@
 //! extra headers are a function of the [`ErrorKind`] alone; the error's context goes to the
 //! access log, never to the client (it may name internal hosts).
 
-use std::time::Instant;
-
 use super::ctx::WorkerCtx;
-use super::session::{Facts, Next, Progress};
+use super::session::{Next, Progress};
 use super::Client;
 use crate::error::{Error, ErrorKind, Side};
-use crate::http1::{self, RequestHead};
+use crate::http1;
 use crate::net::deadline::write_by;
 
 /// How the proxy answers an error: `None` when no answer can be sent (the client is gone or
@@ -66,62 +64,40 @@ pub fn keeps_connection(kind: ErrorKind) -> bool {
     )
 }
 
-/// Sends the error's response if none has started, logs the request, and says whether the
-/// connection can go on. Only errors that leave the framing intact on a body-less request keep
-/// the connection.
+/// Sends the error's answer unless the response has started, and says whether the connection
+/// can go on. `framing_known`: the request's framing was understood and its body (if any) not
+/// started; only then, and for errors that leave the framing intact, is the connection kept.
 pub(super) async fn answer_error(
-    c: &mut Client,
+    c: &Client,
     ctx: &WorkerCtx,
-    head: Option<&RequestHead>,
-    started: Instant,
-    p: &Progress,
     e: &Error,
-    keep: Option<&Facts>,
+    framing_known: bool,
+    head_request: bool,
+    p: &Progress,
 ) -> Next {
-    let can_keep = keep.is_some() && keeps_connection(e.kind) && !ctx.is_draining();
-    let mut next = if can_keep {
+    let keep = framing_known && keeps_connection(e.kind) && !ctx.is_draining();
+    if p.response_started.get() {
+        return if keep { Next::KeepAlive } else { Next::Close };
+    }
+    let mut out = Vec::new();
+    let Some(status) = error_response(e, keep, head_request, &mut out) else {
+        return if keep { Next::KeepAlive } else { Next::Close };
+    };
+    p.status.set(status);
+    let n = out.len();
+    let deadline = tokio::time::Instant::now() + ctx.shared.cfg.timeouts.client_idle;
+    if write_by(&c.stream, out, deadline).await.is_err() {
+        return Next::Close;
+    }
+    p.add_out(n);
+    if keep {
         Next::KeepAlive
+    } else if e.side() == Side::Client && e.kind != ErrorKind::ClientHeaderTimeout {
+        // The client may still be sending: read what it sends so it reads the answer.
+        Next::Linger
     } else {
         Next::Close
-    };
-    if !p.response_started.get() {
-        let mut out = Vec::new();
-        if let Some(status) = error_response(
-            e,
-            can_keep,
-            head.is_some_and(|h| h.method(&c.buf) == b"HEAD"),
-            &mut out,
-        ) {
-            p.status.set(status);
-            let n = out.len();
-            let deadline = tokio::time::Instant::now() + ctx.shared.cfg.timeouts.client_idle;
-            if write_by(&c.stream, out, deadline).await.is_ok() {
-                p.bytes_out.set(p.bytes_out.get() + n as u64);
-                if !can_keep && e.side() == Side::Client && e.kind != ErrorKind::ClientHeaderTimeout
-                {
-                    next = Next::Linger;
-                }
-            } else {
-                next = Next::Close;
-            }
-        }
     }
-    // A request whose framing was lost is logged without what the phases learnt (as if it
-    // had failed before them): its identity and backend are not vouched for.
-    let none = Facts::default();
-    super::log::request(c, ctx, head, started, p, keep.unwrap_or(&none), Some(e));
-    if matches!(next, Next::KeepAlive) {
-        if let Some(h) = head {
-            c.buf.drain(..h.head_len.min(c.buf.len()));
-        }
-    }
-    match e.side() {
-        Side::Client | Side::Internal => {
-            tracing::debug!(peer = %c.peer, error = %e, "request failed")
-        }
-        _ => tracing::info!(peer = %c.peer, error = %e, "request failed"),
-    }
-    next
 }
 
 #[cfg(test)]

@@ -313,7 +313,11 @@ impl<S: Stream> Conn<S> {
     }
 
     /// Reads exactly `n` bytes into `sink`, piece by piece.
-    fn read_exact_into(&mut self, mut n: u64, sink: &mut dyn FnMut(&[u8])) -> Result<(), ReadError> {
+    fn read_exact_into(
+        &mut self,
+        mut n: u64,
+        sink: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), ReadError> {
         while n > 0 {
             match self.fill() {
                 Ok(true) => {}
