@@ -256,7 +256,7 @@ fi
 # ---- configurations ---------------------------------------------------------------------------
 # Running as root, nginx workers would switch to nobody, who cannot read the 0700 temp dir.
 NGINX_USER=""; [ "$(id -u)" = 0 ] && NGINX_USER="user root;"
-UPSTREAM_KEEPALIVE=512   # idle backend connections kept, the same for every proxy
+BACKEND_KEEPALIVE=512   # idle backend connections kept, the same for every proxy
 NGINX_BUF=${PERF_NGINX_BUF:-64k}   # nginx proxy buffer size (k units)
 
 nginx_common() { # $1 = prefix dir
@@ -305,7 +305,7 @@ $(nginx_temp_paths "$TMP/nginx")
   keepalive_timeout 300s; keepalive_requests 1000000000;
   upstream origin {
     server 127.0.0.1:$P_ORIGIN;
-    keepalive $UPSTREAM_KEEPALIVE; keepalive_requests 1000000000; keepalive_timeout 300s;
+    keepalive $BACKEND_KEEPALIVE; keepalive_requests 1000000000; keepalive_timeout 300s;
   }
   server {
     listen 127.0.0.1:$P_NGINX;
@@ -451,7 +451,7 @@ if [ "$KCD_STATE" = ok ]; then
     --workers 1 --cpus "$PROXY_CPU" \
     --listen "127.0.0.1:$P_KCD" --listen-tls "127.0.0.1:$P_KCD_TLS" \
     --tls-cert "$CERT" --tls-key "$KEY" \
-    --route "/=http://127.0.0.1:$P_ORIGIN" --backend-pool-size "$UPSTREAM_KEEPALIVE" \
+    --route "/=http://127.0.0.1:$P_ORIGIN" --backend-pool-size "$BACKEND_KEEPALIVE" \
     --max-connections "$MAXCONN" --access-log off "${AUTH_ARGS[@]}"
 else
   STATE[kcdproxy]=$KCD_STATE
