@@ -2,6 +2,9 @@
 //! user's credential from a password, `Negotiate` tokens for a service, and the check of the
 //! service's answer (mutual authentication). BLOCKING throughout: AS and TGS exchanges with
 //! the KDC.
+//!
+//! Invariant: nothing on the serving path makes one; the proxy's own client contexts (backend
+//! tokens, Basic via the KDC) go through [`crate::gss::context::initiate`] directly.
 
 use libgssapi::context::{ClientCtx, CtxFlags, SecurityContext};
 use libgssapi::credential::Cred;
