@@ -29,10 +29,12 @@
 //! - [`net`]: listeners, the owned-buffer I/O trait over tokio-uring, the buffer pool.
 //! - [`tls`]: rustls server (clients) and client (backends) over the I/O trait.
 //! - [`http1`]: zero-copy head parsing, body framing, head encoding.
-//! - [`kcd`]: the bounded pool for blocking GSS-API/KDC calls, Kerberos credentials.
+//! - [`gss`]: the floor under `auth` and `kcd`: the bounded pool for blocking calls, GSS
+//!   credentials and status codes, the DER/SPNEGO codec.
+//! - [`kcd`]: Kerberos constrained delegation (S4U2Self/S4U2Proxy) and its ticket cache.
 //! - [`backend`]: backend connections and the per-core pool.
 //! - [`proxy`]: the phase sequence above, body streaming, error responses.
-//! - [`auth`]: client pre-authentication: the per-connection state machine, NTLM, Negotiate,
+//! - [`auth`]: client pre-authentication: the per-connection state machine, NTLM, Kerberos,
 //!   Basic, and the identity only it can mint.
 //! - [`accesslog`]: one line per request.
 
@@ -41,6 +43,7 @@ pub mod auth;
 pub mod backend;
 pub mod config;
 pub mod error;
+pub mod gss;
 pub mod http1;
 pub mod kcd;
 pub mod metrics;

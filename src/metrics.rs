@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::auth::{AuthScheme, AuthServices};
 use crate::error::{Error, ErrorKind};
-use crate::kcd::BlockingPool;
+use crate::gss::BlockingPool;
 
 const SCHEMES: [AuthScheme; 4] = [
     AuthScheme::Ntlm,

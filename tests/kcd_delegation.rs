@@ -20,7 +20,7 @@ use kcdproxy::auth::kerberos::{
     AcceptorConfig, InitiatorMech, KerberosAcceptor, KerberosInitiator,
 };
 use kcdproxy::error::ErrorKind;
-use kcdproxy::kcd::pool::BlockingPool;
+use kcdproxy::gss::BlockingPool;
 use kcdproxy::kcd::{CacheOutcome, DelegationConfig, DelegationError, Delegator, Refusal, Subject};
 use sha2::Digest;
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::kdc::{mit_kdc_pid, Frozen};
 use common::lab::lab;
 use kcdproxy::error::ErrorKind;
-use kcdproxy::kcd::pool::BlockingPool;
+use kcdproxy::gss::BlockingPool;
 use kcdproxy::kcd::{CacheOutcome, DelegationConfig, DelegationError, Delegator, Subject};
 
 #[test]

@@ -19,7 +19,7 @@ use kcdproxy::auth::kerberos::{
     parse_token, AcceptorConfig, InitiatorMech, KerberosAcceptor, KerberosError, KerberosInitiator,
     KrbWrapping,
 };
-use kcdproxy::kcd::pool::BlockingPool;
+use kcdproxy::gss::BlockingPool;
 
 /// The lab, with `KRB5_CONFIG` and `KRB5RCACHEDIR` set for this process. Set once, before any
 /// test makes a Kerberos call (every test calls this first, and the `OnceLock` makes the

@@ -7,7 +7,7 @@
 use std::fmt;
 use std::rc::Rc;
 
-use super::kerberos::DelegatedCred;
+use crate::gss::DelegatedCred;
 
 /// How the client authenticated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

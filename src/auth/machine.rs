@@ -22,12 +22,14 @@ use std::sync::Arc;
 use super::identity::{AuthScheme, Identity, IdentityMap};
 use super::kerberos::{self, KerberosError};
 use super::ntlm::client::NtlmClient;
-use super::ntlm::spnego::{self, NegState, NtlmRoute, Wrapping};
+use super::ntlm::negotiate::{self, NtlmRoute, Wrapping};
 use super::ntlm::{ChallengeState, FileTime, LocalBackend, NtlmAcceptor, NtlmError, NtlmVerified};
 use super::services::{AuthServices, OffCore};
 use crate::config::route::Offer;
 use crate::config::BasicVerify;
 use crate::error::{Error, ErrorKind};
+use crate::gss::oid;
+use crate::gss::spnego::{self, NegState};
 use crate::http1::authz;
 
 /// What the connection knows about its client.
@@ -116,6 +118,24 @@ impl AuthCtx {
             .collect()
     }
 
+    /// A 401 with the route's first-round challenges: whatever the client sent, it starts over.
+    fn retry(
+        &self,
+        offers: &[Offer],
+        tls: bool,
+        why: impl Into<std::borrow::Cow<'static, str>>,
+    ) -> Verdict {
+        self.retry_with(offers, tls, Error::new(ErrorKind::Unauthenticated, why))
+    }
+
+    /// [`retry`](Self::retry) with an error of the caller's kind (an NTLM failure's own).
+    fn retry_with(&self, offers: &[Offer], tls: bool, error: Error) -> Verdict {
+        Verdict::Challenge {
+            www_authenticate: self.initial_challenges(offers, tls),
+            error,
+        }
+    }
+
     /// Runs the auth phase for one request. `authorization` is the request's header value.
     /// Inline on the core except for checks that may block (Kerberos accept, winbind, Basic
     /// against the KDC), which are awaited on the KDC pool.
@@ -142,13 +162,7 @@ impl AuthCtx {
                  HTTP (--basic-over-http allows it)",
             ));
         }
-        let retry = |why: &'static str| {
-            challenge(
-                self.initial_challenges(offers, tls),
-                ErrorKind::Unauthenticated,
-                why,
-            )
-        };
+        let retry = |why: &'static str| self.retry(offers, tls, why);
         let Some(auth) = authorization else {
             if let ConnAuth::Authenticated(id) = conn {
                 if id.scheme().is_connection_bound() && offers_scheme(offers, id.scheme()) {
@@ -194,38 +208,24 @@ impl AuthCtx {
         tls: bool,
         raw: &[u8],
     ) -> Verdict {
-        let retry = |why: &'static str| {
-            challenge(
-                self.initial_challenges(offers, tls),
-                ErrorKind::Unauthenticated,
-                why,
-            )
-        };
+        let retry = |why: &'static str| self.retry(offers, tls, why);
         // Kerberos first: a SPNEGO token that leads with Kerberos and also lists NTLM is a
         // Kerberos login when we can accept one (asking it to switch would downgrade it).
         if self.services.has_kerberos() {
             match kerberos::parse_token(raw) {
-                Ok(_) => return self.kerberos_step(conn, offers, tls, raw).await,
+                Ok(_) => return self.kerberos_step(conn, offers, tls, raw.to_vec()).await,
                 Err(KerberosError::NotKerberos) => {}
                 Err(e) => {
                     *conn = ConnAuth::Anonymous;
-                    return challenge(
-                        self.initial_challenges(offers, tls),
-                        ErrorKind::Unauthenticated,
-                        e.as_str(),
-                    );
+                    return self.retry(offers, tls, e.as_str());
                 }
             }
         }
-        let route = match spnego::route_ntlm(raw) {
+        let route = match negotiate::route_ntlm(raw) {
             Ok(r) => r,
             Err(e) => {
                 *conn = ConnAuth::Anonymous;
-                return challenge(
-                    self.initial_challenges(offers, tls),
-                    ErrorKind::Unauthenticated,
-                    e.to_string(),
-                );
+                return self.retry(offers, tls, e.to_string());
             }
         };
         // NTLM inside Negotiate is accepted only where the route allows NTLM; otherwise the
@@ -256,7 +256,7 @@ impl AuthCtx {
                 };
                 let token = spnego::build_neg_token_resp(
                     NegState::AcceptIncomplete,
-                    Some(spnego::oid::NTLM),
+                    Some(oid::NTLM),
                     None,
                     None,
                 );
@@ -283,27 +283,24 @@ impl AuthCtx {
     }
 
     /// One Kerberos round: the AP-REQ is accepted on the pool (keytab, replay cache shared by
-    /// all cores); success authenticates the connection and answers with the AP-REP.
+    /// all cores; the token moves into the pool job); success authenticates the connection and
+    /// answers with the AP-REP.
     async fn kerberos_step(
         &self,
         conn: &mut ConnAuth,
         offers: &[Offer],
         tls: bool,
-        raw: &[u8],
+        token: Vec<u8>,
     ) -> Verdict {
         // Whatever happens, a new Authorization restarts authentication (MS-N2HT).
         *conn = ConnAuth::Anonymous;
-        let mut accepted = match self.services.kerberos_accept(raw.to_vec()).await {
+        let mut accepted = match self.services.kerberos_accept(token).await {
             Ok(a) => a,
             Err(OffCore::Unavailable(why)) => {
                 return Verdict::Fail(Error::new(ErrorKind::KdcUnavailable, why))
             }
             Err(OffCore::Refused(e)) if e.error_kind() == ErrorKind::Unauthenticated => {
-                return challenge(
-                    self.initial_challenges(offers, tls),
-                    ErrorKind::Unauthenticated,
-                    e.as_str(),
-                )
+                return self.retry(offers, tls, e.as_str())
             }
             Err(OffCore::Refused(e)) => return Verdict::Fail(e.into()),
         };
@@ -330,10 +327,7 @@ impl AuthCtx {
         mech_types_der: Option<Vec<u8>>,
         client_mech_list_mic: Option<&[u8]>,
     ) -> Verdict {
-        let retry = |e: Error| Verdict::Challenge {
-            www_authenticate: self.initial_challenges(offers, tls),
-            error: e,
-        };
+        let retry = |e: Error| self.retry_with(offers, tls, e);
         let Some(acceptor) = &self.ntlm else {
             *conn = ConnAuth::Anonymous;
             return retry(Error::new(
@@ -356,7 +350,7 @@ impl AuthCtx {
                     let token = match via {
                         Via::NegotiateSpnego => spnego::build_neg_token_resp(
                             NegState::AcceptIncomplete,
-                            Some(spnego::oid::NTLM),
+                            Some(oid::NTLM),
                             Some(state.message()),
                             None,
                         ),
@@ -427,8 +421,11 @@ impl AuthCtx {
                 if via == Via::NegotiateSpnego {
                     let mic = match &mech_types_der {
                         Some(types) => {
-                            match spnego::ntlm_mech_list_mic(&verified, types, client_mech_list_mic)
-                            {
+                            match negotiate::ntlm_mech_list_mic(
+                                &verified,
+                                types,
+                                client_mech_list_mic,
+                            ) {
                                 Ok(m) => Some(m),
                                 Err(e) => return retry(ntlm_error(e)),
                             }
@@ -492,13 +489,7 @@ impl AuthCtx {
     }
 
     async fn basic(&self, offers: &[Offer], tls: bool, token: &[u8]) -> Verdict {
-        let retry = |why: &'static str| {
-            challenge(
-                self.initial_challenges(offers, tls),
-                ErrorKind::Unauthenticated,
-                why,
-            )
-        };
+        let retry = |why: &'static str| self.retry(offers, tls, why);
         let Some(raw) = decode_b64(token) else {
             return retry("Basic credentials are not base64");
         };
@@ -570,10 +561,7 @@ impl AuthCtx {
                 proceed(p)
             }
             Err(OffCore::Refused(e)) if e.kind == ErrorKind::Unauthenticated => {
-                Verdict::Challenge {
-                    www_authenticate: self.initial_challenges(offers, tls),
-                    error: e,
-                }
+                self.retry_with(offers, tls, e)
             }
             Err(OffCore::Refused(e)) => Verdict::Fail(e),
             Err(OffCore::Unavailable(why)) => {
@@ -645,9 +633,8 @@ fn offers_scheme(offers: &[Offer], s: AuthScheme) -> bool {
     }
 }
 
-/// `Scheme token` → (scheme, token), token with surrounding spaces trimmed.
-/// Largest token accepted: Kerberos tickets with large PACs exceed 8 KB (RFC 4559; MS-PAC: a PAC grows with group membership); the
-/// head limit bounds it anyway.
+/// Largest base64 token accepted: Kerberos tickets with large PACs exceed 8 KB (RFC 4559;
+/// MS-PAC: a PAC grows with group membership); the head limit bounds it anyway.
 const MAX_TOKEN: usize = 64 * 1024;
 
 fn decode_b64(token: &[u8]) -> Option<Vec<u8>> {

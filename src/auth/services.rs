@@ -1,5 +1,5 @@
 //! The process-wide half of authentication: what every core shares (`Send + Sync`, built once
-//! at start-up) and every check that may block, run on the KDC pool.
+//! at start-up) and every check that may block, run on the blocking pool.
 //!
 //! ```text
 //!  core (AuthCtx, inline)                      AuthServices (Arc, all cores)
@@ -23,7 +23,7 @@ use super::ntlm::verify::PendingAuth;
 use super::ntlm::winbind::{WinbindBackend, WinbindConfig};
 use super::ntlm::{NtlmBackend, NtlmConfig, NtlmError, NtlmVerified};
 use crate::config::{BasicVerify, Config};
-use crate::kcd::pool::BlockingPool;
+use crate::gss::BlockingPool;
 
 /// Shared authentication services. Everything optional is absent when not configured.
 pub struct AuthServices {

@@ -48,7 +48,7 @@
 //!
 //! The KDC says `KDC_ERR_BADOPTION` for a sensitive user, an SPN outside the proxy's list, and
 //! protocol transition turned off. After a refused S4U2Proxy the user's ticket tells them
-//! apart ([`super::tickets`] reads the flags GSS-API does not show): an S4U2Self ticket — or a
+//! apart ([`crate::gss::tickets`] reads the flags GSS-API does not show): an S4U2Self ticket — or a
 //! Kerberos client's evidence ticket — without the forwardable flag means the user cannot be
 //! delegated ([`Refusal::UserNotDelegable`], 403); with it, the SPN was refused
 //! ([`Refusal::SpnNotAllowed`], 502: configuration between proxy and backend). The flags are
@@ -76,19 +76,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use libgssapi::context::{ClientCtx, CtxFlags, SecurityContext};
 use libgssapi::credential::{Cred, CredUsage};
-use libgssapi::name::Name;
-use libgssapi::oid::{OidSet, GSS_MECH_KRB5, GSS_NT_KRB5_PRINCIPAL};
+use libgssapi::oid::GSS_MECH_KRB5;
 
-use super::cache::{CacheError, Entry, Flight, Key, Lookup, TicketCache};
-use super::cred::{self as kcred, CredStore, GssStatus};
-use super::pool::{BlockingPool, PoolError};
-use crate::auth::kerberos::DelegatedCred;
-use crate::auth::ntlm::spnego::{self, NegState, NegotiateToken};
-use crate::error::ErrorKind;
-use crate::http1::authz;
+use super::cache::{Entry, Flight, Key, Lookup, TicketCache};
+use super::error::{classify, gss, status, Phase};
+use super::stats::{bump, Counters, DelegationStats};
+use super::token::{header_value, BackendToken, CacheOutcome};
+use super::{DelegationError, Refusal};
+use crate::gss::context::{initiate, InitiateError};
+use crate::gss::cred::{self, CredStore, DelegatedCred};
+use crate::gss::{tickets, BlockingPool, GssStatus};
 
 /// How to delegate. See the field docs for defaults ([`DelegationConfig::new`]).
 #[derive(Clone, Debug)]
@@ -150,281 +149,6 @@ impl Subject<'_> {
             Subject::Evidence { cred, .. } => Some(cred.gss_cred().clone()),
         }
     }
-}
-
-/// Where a token's ticket came from (for the access log).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CacheOutcome {
-    /// A cached ticket; no KDC.
-    Hit,
-    /// This request waited for its own KDC exchange.
-    Miss,
-    /// This request waited for another request's exchange for the same (user, SPN).
-    Joined,
-}
-
-impl CacheOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CacheOutcome::Hit => "hit",
-            CacheOutcome::Miss => "miss",
-            CacheOutcome::Joined => "joined",
-        }
-    }
-}
-
-/// Why the KDC refused, as far as it can be told (see the module doc).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refusal {
-    /// The S4U2Self ticket is not forwardable: a sensitive user (AD `NOT_DELEGATED`, MIT
-    /// `-allow_forwardable`), or protocol transition is off for the proxy.
-    UserNotDelegable,
-    /// S4U2Proxy refused after a forwardable S4U2Self: the SPN is not in the proxy's list.
-    SpnNotAllowed,
-    /// Refused for a reason the KDC does not tell apart (Evidence path, policy, revoked user).
-    KdcRefused,
-}
-
-impl Refusal {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Refusal::UserNotDelegable => "user_not_delegable",
-            Refusal::SpnNotAllowed => "spn_not_allowed",
-            Refusal::KdcRefused => "kdc_refused",
-        }
-    }
-}
-
-/// Which name the KDC did not know.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Unknown {
-    User,
-    Spn,
-}
-
-/// Why no token was made. Closed; runtime detail (GSS text) only in the `String`s.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DelegationError {
-    /// The KDC side cannot answer now: pool full or timed out, KDC unreachable or silent.
-    /// `reason` is a stable token (`pool_queue_full`, `pool_timeout`, `kdc_unreachable`, …).
-    KdcUnavailable { reason: &'static str },
-    /// The KDC refused to delegate; `detail` is its text, for the log.
-    Refused { reason: Refusal, detail: String },
-    /// The KDC does not know the user or the SPN.
-    UnknownPrincipal(Unknown),
-    /// The backend's answer does not authenticate it (wrong or garbled AP-REP).
-    MutualAuthFailed(String),
-    /// A principal or SPN we cannot hand to the KDC (empty, NUL byte, does not parse), or an
-    /// evidence credential that is not `principal`'s.
-    BadName(&'static str),
-    /// Any other GSS-API failure, with its text.
-    Gss(String),
-}
-
-impl DelegationError {
-    /// A short stable token for logs and metrics.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            DelegationError::KdcUnavailable { .. } => "kdc_unavailable",
-            DelegationError::Refused { reason, .. } => reason.as_str(),
-            DelegationError::UnknownPrincipal(Unknown::User) => "unknown_user",
-            DelegationError::UnknownPrincipal(Unknown::Spn) => "unknown_spn",
-            DelegationError::MutualAuthFailed(_) => "mutual_auth_failed",
-            DelegationError::BadName(_) => "bad_name",
-            DelegationError::Gss(_) => "delegation_gss",
-        }
-    }
-
-    /// The HTTP-facing kind: the KDC side down is 503; this user cannot be delegated is 403;
-    /// a backend SPN we may not (or cannot) delegate to and a backend that fails mutual
-    /// authentication are 502 (the gateway's configuration or the backend is at fault).
-    pub fn error_kind(&self) -> ErrorKind {
-        match self {
-            DelegationError::KdcUnavailable { .. } => ErrorKind::KdcUnavailable,
-            DelegationError::Refused {
-                reason: Refusal::SpnNotAllowed,
-                ..
-            }
-            | DelegationError::UnknownPrincipal(Unknown::Spn)
-            | DelegationError::MutualAuthFailed(_) => ErrorKind::BackendProtocol,
-            DelegationError::Refused { .. }
-            | DelegationError::UnknownPrincipal(Unknown::User)
-            | DelegationError::BadName(_) => ErrorKind::DelegationRefused,
-            DelegationError::Gss(_) => ErrorKind::Internal,
-        }
-    }
-
-    fn pool(e: PoolError) -> Self {
-        DelegationError::KdcUnavailable { reason: e.as_str() }
-    }
-}
-
-impl fmt::Display for DelegationError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DelegationError::KdcUnavailable { reason } => write!(f, "kdc_unavailable: {reason}"),
-            DelegationError::Refused { detail, .. }
-            | DelegationError::MutualAuthFailed(detail)
-            | DelegationError::Gss(detail) => write!(f, "{}: {detail}", self.as_str()),
-            DelegationError::BadName(why) => write!(f, "bad_name: {why}"),
-            DelegationError::UnknownPrincipal(_) => f.write_str(self.as_str()),
-        }
-    }
-}
-
-impl std::error::Error for DelegationError {}
-
-impl From<DelegationError> for crate::error::Error {
-    fn from(e: DelegationError) -> Self {
-        crate::error::Error::with_cause(e.error_kind(), "delegation", e)
-    }
-}
-
-impl CacheError for DelegationError {
-    fn abandoned() -> Self {
-        DelegationError::KdcUnavailable {
-            reason: "exchange_abandoned",
-        }
-    }
-
-    fn is_negative(&self) -> bool {
-        matches!(
-            self,
-            DelegationError::Refused { .. } | DelegationError::UnknownPrincipal(_)
-        )
-    }
-}
-
-/// A token for the backend request, and the context that checks the backend's answer.
-pub struct BackendToken {
-    header: Vec<u8>,
-    ctx: ClientCtx,
-    cache: CacheOutcome,
-    kdc_time: Option<Duration>,
-}
-
-impl fmt::Debug for BackendToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BackendToken")
-            .field("header_len", &self.header.len())
-            .field("cache", &self.cache)
-            .field("kdc_time", &self.kdc_time)
-            .finish_non_exhaustive()
-    }
-}
-
-impl BackendToken {
-    /// The value of the backend request's `Authorization` header: `Negotiate <base64>`.
-    pub fn header_value(&self) -> &[u8] {
-        &self.header
-    }
-
-    pub fn cache(&self) -> CacheOutcome {
-        self.cache
-    }
-
-    /// Time this request spent waiting for the KDC side (pool queue included): `None` on a hit.
-    pub fn kdc_time(&self) -> Option<Duration> {
-        self.kdc_time
-    }
-
-    /// Checks the backend's final `WWW-Authenticate: Negotiate <token>` value (the AP-REP,
-    /// raw or in a SPNEGO NegTokenResp). Local crypto only: fine on a core.
-    ///
-    /// `None`, or a bare `Negotiate` without a token, is accepted: many IIS configurations do
-    /// not send the AP-REP on success, and HTTP gives no way to insist. The backend is then
-    /// not authenticated by Kerberos (only by TLS, where used).
-    pub fn verify_mutual(mut self, www_authenticate: Option<&[u8]>) -> Result<(), DelegationError> {
-        let Some(value) = www_authenticate else {
-            return Ok(());
-        };
-        let fail = |why: &str| DelegationError::MutualAuthFailed(why.to_owned());
-        let answer = authz::split(value);
-        if answer.scheme != authz::Scheme::Negotiate {
-            return Err(fail("not a Negotiate answer"));
-        }
-        let b64 = answer.token;
-        if b64.is_empty() {
-            return Ok(());
-        }
-        if b64.len() > spnego::MAX_TOKEN_LEN * 2 {
-            return Err(fail("token too large"));
-        }
-        let token = base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .map_err(|_| fail("token is not base64"))?;
-        let ap_rep: &[u8] = if token.first() == Some(&0xa1) {
-            match spnego::parse_negotiate_token(&token) {
-                Ok(NegotiateToken::Resp(resp)) => {
-                    if matches!(resp.neg_state, Some(NegState::Reject)) {
-                        return Err(fail("backend rejected the token (SPNEGO reject)"));
-                    }
-                    resp.response_token
-                        .ok_or_else(|| fail("SPNEGO answer without an AP-REP"))?
-                }
-                _ => return Err(fail("malformed SPNEGO answer")),
-            }
-        } else {
-            &token
-        };
-        match self.ctx.step(Some(ap_rep), None) {
-            Ok(None) if self.ctx.is_complete() => Ok(()),
-            Ok(_) => Err(fail("context not complete after the AP-REP")),
-            Err(e) => Err(DelegationError::MutualAuthFailed(
-                GssStatus::from(e).to_string(),
-            )),
-        }
-    }
-}
-
-/// Counters (monotonic unless noted). A snapshot of atomics: fields may be a few events apart.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DelegationStats {
-    /// Tokens built from a cached ticket on the calling core.
-    pub hits: u64,
-    /// Requests that led a KDC exchange.
-    pub misses: u64,
-    /// Requests that waited for another request's exchange.
-    pub joined: u64,
-    /// Background refreshes started.
-    pub refreshes: u64,
-    /// S4U2Self requests sent (attempted) to the KDC.
-    pub s4u2self: u64,
-    /// S4U2Proxy requests sent (attempted) to the KDC.
-    pub s4u2proxy: u64,
-    /// Refusals from the KDC (not counting negative-cache answers).
-    pub refusals: u64,
-    /// Answers from the negative cache.
-    pub negative_hits: u64,
-    /// KDC unavailable: pool full/timeout, unreachable KDC, waiters timed out.
-    pub kdc_errors: u64,
-    /// Logins of the proxy itself (start-up and renewals).
-    pub proxy_logins: u64,
-    /// Entries in the cache now (gauge).
-    pub entries: u64,
-    /// Sum and count of KDC exchange times measured on the pool thread (µs).
-    pub kdc_latency_us_sum: u64,
-    pub kdc_latency_count: u64,
-}
-
-#[derive(Default)]
-struct Counters {
-    hits: AtomicU64,
-    misses: AtomicU64,
-    joined: AtomicU64,
-    refreshes: AtomicU64,
-    s4u2self: AtomicU64,
-    s4u2proxy: AtomicU64,
-    refusals: AtomicU64,
-    negative_hits: AtomicU64,
-    kdc_errors: AtomicU64,
-    proxy_logins: AtomicU64,
-    kdc_latency_us_sum: AtomicU64,
-    kdc_latency_count: AtomicU64,
-}
-
-fn bump(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
 }
 
 /// A cached credential: it holds the service ticket for the key's SPN in its own ccache.
@@ -618,26 +342,9 @@ impl Delegator {
             tracing::debug!(reason = e.as_str(), "ticket refresh not started");
         }
     }
-
     /// A snapshot of the counters.
     pub fn stats(&self) -> DelegationStats {
-        let s = &self.inner.stats;
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        DelegationStats {
-            hits: get(&s.hits),
-            misses: get(&s.misses),
-            joined: get(&s.joined),
-            refreshes: get(&s.refreshes),
-            s4u2self: get(&s.s4u2self),
-            s4u2proxy: get(&s.s4u2proxy),
-            refusals: get(&s.refusals),
-            negative_hits: get(&s.negative_hits),
-            kdc_errors: get(&s.kdc_errors),
-            proxy_logins: get(&s.proxy_logins),
-            entries: self.inner.cache.len() as u64,
-            kdc_latency_us_sum: get(&s.kdc_latency_us_sum),
-            kdc_latency_count: get(&s.kdc_latency_count),
-        }
+        self.inner.stats.snapshot(self.inner.cache.len() as u64)
     }
 }
 
@@ -647,16 +354,6 @@ struct Exchange {
     target: String,
     evidence: Option<Cred>,
     cb: Option<Vec<u8>>,
-}
-
-/// Which KDC request a GSS failure came from.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Login,
-    S4u2Self,
-    /// After a forwardable S4U2Self.
-    S4u2ProxyTransition,
-    S4u2ProxyEvidence,
 }
 
 impl Inner {
@@ -776,10 +473,9 @@ impl Inner {
             }
             None => {
                 let proxy = self.proxy_cred()?;
-                let user = Name::new(job.principal.as_bytes(), Some(GSS_NT_KRB5_PRINCIPAL))
+                let user = cred::krb5_name(&job.principal)
                     .map_err(|_| DelegationError::BadName("user principal does not parse"))?;
-                let mut mechs = OidSet::new();
-                mechs.add(GSS_MECH_KRB5).map_err(gss)?;
+                let mechs = cred::mech_set(&[GSS_MECH_KRB5]).map_err(status)?;
                 bump(&self.stats.s4u2self);
                 let cred = proxy
                     .impersonate(&user, None, CredUsage::Initiate, Some(&mechs))
@@ -845,7 +541,7 @@ impl Inner {
     }
 
     /// A Transition S4U2Proxy refusal after S4U2Self when the S4U2Self ticket's flags could
-    /// not be read (normally they are: see [`crate::kcd::tickets`]). The KDC gives the same
+    /// not be read (normally they are: see [`crate::gss::tickets`]). The KDC gives the same
     /// code for a sensitive user and an SPN outside the proxy's list, so this falls back to
     /// history: if this SPN has worked for another user since start-up, the SPN is allowed
     /// and the user is the problem; otherwise the SPN is blamed.
@@ -894,7 +590,7 @@ fn login(cfg: &DelegationConfig, stats: &Counters) -> Result<ProxyCred, Delegati
         .and_then(|s| s.ccache(&ccache))
         .map_err(|_| DelegationError::BadName("keytab path or ccache name has a NUL byte"))?;
     bump(&stats.proxy_logins);
-    let cred = kcred::acquire_from(Some(&cfg.login), CredUsage::Initiate, &store).map_err(|e| {
+    let cred = cred::acquire_from(Some(&cfg.login), CredUsage::Initiate, &store).map_err(|e| {
         match classify(e, Phase::Login) {
             DelegationError::Gss(t) => DelegationError::Gss(format!(
                 "login {} from {}: {t}",
@@ -933,24 +629,13 @@ fn first_step(
     target: &str,
     cb: Option<&[u8]>,
 ) -> Result<(ClientCtx, Vec<u8>), StepError> {
-    let name = Name::new(target.as_bytes(), Some(GSS_NT_KRB5_PRINCIPAL))
-        .map_err(|_| StepError::Other(DelegationError::BadName("SPN does not parse")))?;
-    let mut ctx = ClientCtx::new(
-        Some(cred.clone()),
-        name,
-        CtxFlags::GSS_C_MUTUAL_FLAG,
-        Some(GSS_MECH_KRB5),
-    );
-    let token = match ctx.step(None, cb) {
-        Ok(Some(t)) => t.to_vec(),
-        Ok(None) => {
-            return Err(StepError::Other(DelegationError::Gss(
-                "no AP-REQ produced".into(),
-            )))
+    initiate(cred, target, CtxFlags::GSS_C_MUTUAL_FLAG, GSS_MECH_KRB5, cb).map_err(|e| match e {
+        InitiateError::Name(_) => StepError::Other(DelegationError::BadName("SPN does not parse")),
+        InitiateError::Step(s) => StepError::Status(s),
+        InitiateError::NoToken => {
+            StepError::Other(DelegationError::Gss("no AP-REQ produced".into()))
         }
-        Err(e) => return Err(StepError::Status(e.into())),
-    };
-    Ok((ctx, token))
+    })
 }
 
 /// A failed [`first_step`]: the GSS status is kept so that an exchange can classify it by
@@ -969,82 +654,10 @@ impl StepError {
     }
 }
 
-fn header_value(token: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(10 + token.len().div_ceil(3) * 4);
-    v.extend_from_slice(b"Negotiate ");
-    let b64 = base64::engine::general_purpose::STANDARD.encode(token);
-    v.extend_from_slice(b64.as_bytes());
-    v
-}
-
-fn gss(e: libgssapi::error::Error) -> DelegationError {
-    DelegationError::Gss(GssStatus::from(e).to_string())
-}
-
-/// krb5 error numbers (`minor - ERROR_TABLE_BASE_krb5`; below 128 the KRB-ERROR codes of
-/// RFC 4120 §7.5.9).
-mod krb5_code {
-    pub const C_PRINCIPAL_UNKNOWN: u32 = 6;
-    pub const S_PRINCIPAL_UNKNOWN: u32 = 7;
-    pub const POLICY: u32 = 12;
-    pub const BADOPTION: u32 = 13;
-    pub const CLIENT_REVOKED: u32 = 18;
-    /// KRB5_REALM_UNKNOWN: "Cannot find KDC for requested realm".
-    pub const REALM_UNKNOWN: u32 = 154;
-    /// KRB5_KDC_UNREACH: "Cannot contact any KDC for requested realm".
-    pub const KDC_UNREACH: u32 = 156;
-    /// KRB5_REALM_CANT_RESOLVE.
-    pub const REALM_CANT_RESOLVE: u32 = 220;
-}
-
-/// errno values MIT passes through as minor codes when a KDC socket fails.
-const NET_ERRNOS: [u32; 5] = [
-    libc::ETIMEDOUT as u32,
-    libc::ECONNREFUSED as u32,
-    libc::EHOSTUNREACH as u32,
-    libc::ENETUNREACH as u32,
-    libc::ECONNRESET as u32,
-];
-
-/// Maps a GSS failure of a KDC-bound call onto the closed error.
-fn classify(s: GssStatus, phase: Phase) -> DelegationError {
-    use krb5_code as k;
-    let refused = |reason| DelegationError::Refused {
-        reason,
-        detail: s.minor_text(),
-    };
-    match s.krb5_code() {
-        Some(k::C_PRINCIPAL_UNKNOWN) => DelegationError::UnknownPrincipal(Unknown::User),
-        Some(k::S_PRINCIPAL_UNKNOWN) => match phase {
-            // In S4U2Self the server is the proxy itself (known); the name looked up is the user.
-            Phase::S4u2Self => DelegationError::UnknownPrincipal(Unknown::User),
-            Phase::Login => DelegationError::Gss(s.to_string()),
-            Phase::S4u2ProxyTransition | Phase::S4u2ProxyEvidence => {
-                DelegationError::UnknownPrincipal(Unknown::Spn)
-            }
-        },
-        Some(k::BADOPTION | k::POLICY) => match phase {
-            Phase::S4u2ProxyTransition => refused(Refusal::SpnNotAllowed),
-            Phase::Login => DelegationError::Gss(s.to_string()),
-            Phase::S4u2Self | Phase::S4u2ProxyEvidence => refused(Refusal::KdcRefused),
-        },
-        Some(k::CLIENT_REVOKED) => refused(Refusal::KdcRefused),
-        Some(k::REALM_UNKNOWN | k::KDC_UNREACH | k::REALM_CANT_RESOLVE) => {
-            DelegationError::KdcUnavailable {
-                reason: "kdc_unreachable",
-            }
-        }
-        _ if NET_ERRNOS.contains(&s.minor) => DelegationError::KdcUnavailable {
-            reason: "kdc_unreachable",
-        },
-        _ => DelegationError::Gss(s.to_string()),
-    }
-}
-
 /// Whether the credential's (non-TGT) tickets are forwardable: `None` when libkrb5 cannot
 /// read them or the credential holds none.
 fn forwardable(cred: &Cred) -> Option<bool> {
-    let tickets = match crate::kcd::tickets::tickets_of(cred) {
+    let tickets = match tickets::tickets_of(cred) {
         Ok(t) => t,
         Err(e) => {
             tracing::debug!(error = %e, "reading the credential's tickets");
@@ -1053,7 +666,7 @@ fn forwardable(cred: &Cred) -> Option<bool> {
     };
     let mut service = tickets
         .iter()
-        .filter(|t| !crate::kcd::tickets::is_tgt(&t.server))
+        .filter(|t| !tickets::is_tgt(&t.server))
         .peekable();
     service.peek()?;
     Some(service.any(|t| t.forwardable))
@@ -1061,7 +674,7 @@ fn forwardable(cred: &Cred) -> Option<bool> {
 
 /// How long the ticket for `target` in `cred` has left, if libkrb5 can read it.
 fn service_ticket_left(cred: &Cred, target: &str) -> Option<Duration> {
-    let tickets = crate::kcd::tickets::tickets_of(cred).ok()?;
+    let tickets = tickets::tickets_of(cred).ok()?;
     let end = tickets
         .iter()
         .filter(|t| t.server == target)
@@ -1077,89 +690,6 @@ fn service_ticket_left(cred: &Cred, target: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn krb(n: i32) -> GssStatus {
-        GssStatus {
-            major: kcred::routine::FAILURE << 16,
-            minor: (-1_765_328_384i32 + n) as u32,
-        }
-    }
-
-    #[test]
-    fn refusals_are_told_apart_by_phase() {
-        let spn = classify(krb(13), Phase::S4u2ProxyTransition);
-        assert!(matches!(
-            spn,
-            DelegationError::Refused {
-                reason: Refusal::SpnNotAllowed,
-                ..
-            }
-        ));
-        assert_eq!(spn.error_kind(), ErrorKind::BackendProtocol);
-        assert_eq!(spn.as_str(), "spn_not_allowed");
-        let ev = classify(krb(13), Phase::S4u2ProxyEvidence);
-        assert_eq!(ev.as_str(), "kdc_refused");
-        assert_eq!(ev.error_kind(), ErrorKind::DelegationRefused);
-        assert_eq!(
-            classify(krb(7), Phase::S4u2ProxyTransition),
-            DelegationError::UnknownPrincipal(Unknown::Spn)
-        );
-        assert_eq!(
-            classify(krb(7), Phase::S4u2Self),
-            DelegationError::UnknownPrincipal(Unknown::User)
-        );
-        assert_eq!(
-            classify(krb(156), Phase::S4u2Self),
-            DelegationError::KdcUnavailable {
-                reason: "kdc_unreachable"
-            }
-        );
-        let down = GssStatus {
-            major: kcred::routine::FAILURE << 16,
-            minor: libc::ETIMEDOUT as u32,
-        };
-        assert_eq!(
-            classify(down, Phase::S4u2ProxyTransition).error_kind(),
-            ErrorKind::KdcUnavailable
-        );
-        assert!(matches!(
-            classify(krb(41), Phase::S4u2Self),
-            DelegationError::Gss(_)
-        ));
-    }
-
-    #[test]
-    fn error_kinds_and_tokens() {
-        let user = DelegationError::Refused {
-            reason: Refusal::UserNotDelegable,
-            detail: String::new(),
-        };
-        assert_eq!(user.error_kind(), ErrorKind::DelegationRefused);
-        assert_eq!(user.as_str(), "user_not_delegable");
-        assert!(user.is_negative());
-        let down = DelegationError::pool(PoolError::QueueFull);
-        assert_eq!(down.error_kind(), ErrorKind::KdcUnavailable);
-        assert!(!down.is_negative());
-        assert_eq!(down.to_string(), "kdc_unavailable: pool_queue_full");
-        assert_eq!(
-            DelegationError::MutualAuthFailed("x".into()).error_kind(),
-            ErrorKind::BackendProtocol
-        );
-        assert_eq!(
-            DelegationError::UnknownPrincipal(Unknown::User).error_kind(),
-            ErrorKind::DelegationRefused
-        );
-        let e: crate::error::Error = DelegationError::Gss("boom".into()).into();
-        assert_eq!(e.kind, ErrorKind::Internal);
-    }
-
-    #[test]
-    fn header_is_negotiate_base64() {
-        assert_eq!(
-            header_value(&[0x60, 0x01, 0x02]),
-            b"Negotiate YAEC".to_vec()
-        );
-    }
 
     #[test]
     fn types_are_send_and_sync() {

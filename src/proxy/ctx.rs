@@ -13,8 +13,9 @@ use crate::auth::ntlm::{LocalBackend, NtHashStore, NtlmAcceptor, NtlmConfig, Ver
 use crate::auth::{AuthCtx, AuthServices, IdentityMap};
 use crate::backend::{BackendSets, Pool};
 use crate::config::Config;
+use crate::gss::BlockingPool;
 use crate::http1::Limits;
-use crate::kcd::{BlockingPool, Delegator};
+use crate::kcd::Delegator;
 use crate::metrics::WorkerMetrics;
 
 /// Immutable configuration shared by all workers, built once at start-up.

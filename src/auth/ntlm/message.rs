@@ -21,10 +21,10 @@
 
 use std::ops::Range;
 
-use super::reader::Reader;
+use crate::gss::reader::Reader;
 
-/// `NTLMSSP\0`.
-pub const SIGNATURE: &[u8; 8] = b"NTLMSSP\0";
+/// `NTLMSSP\0` (2.2.1). One definition: the Negotiate codec recognises raw NTLM by it too.
+pub const SIGNATURE: &[u8; 8] = crate::gss::spnego::NTLMSSP_SIGNATURE;
 /// The largest NTLM message accepted. Real AUTHENTICATE messages are 300–1,500 bytes (the
 /// NTLMv2 blob echoes our target info plus an SPN and channel bindings); 16 KiB leaves room for
 /// long names while bounding the work an unauthenticated peer can cause.

@@ -32,17 +32,17 @@
 //!   (MsvAvFlags bit 0x2), the MIC must verify under the ExportedSessionKey; a non-zero MIC
 //!   field without that bit is refused as tampering. The blob is covered by NTProofStr, so a
 //!   man in the middle can neither clear the bit nor add it.
-//! - **No input can panic the codec** ([`reader`]); secrets are compared in constant time and
+//! - **No input can panic the codec** ([`crate::gss::reader`]); secrets are compared in constant time and
 //!   wiped on drop ([`crypto`]).
 //!
 //! ## Modules
 //!
-//! - [`reader`]: the panic-free cursor every parser here uses (NTLM and DER).
 //! - [`message`]: NEGOTIATE/AUTHENTICATE parsing, CHALLENGE building, AV pairs, the NTLMv2 blob.
 //! - [`crypto`]: NT hash, NTOWFv2, NTProofStr, key exchange, MIC, signing; NTLMv1 (opt-in).
 //! - [`verify`]: the acceptor, challenge state, backend trait, policy and the shared checks.
 //! - [`hashfile`]: the local NT-hash store and the backend that checks against it.
-//! - [`spnego`]: NTLM inside `Negotiate` (raw or SPNEGO-wrapped), a minimal DER codec.
+//! - [`negotiate`]: NTLM inside `Negotiate` (raw or SPNEGO-wrapped) on the SPNEGO codec of
+//!   [`crate::gss::spnego`], and the NTLM mechListMIC.
 //! - [`winbind`]: the back end that asks the domain controller (`ntlm_auth` → winbindd).
 //! - [`client`]: an NTLMv2 initiator for tests, benches and load tools (not used to serve).
 
@@ -50,8 +50,7 @@ pub mod client;
 pub mod crypto;
 pub mod hashfile;
 pub mod message;
-pub mod reader;
-pub mod spnego;
+pub mod negotiate;
 pub mod verify;
 pub mod winbind;
 

@@ -8,9 +8,11 @@ use super::client::{MicMode, NtlmClient, ResponseMode};
 use super::crypto::{self, Direction};
 use super::hashfile::{LocalBackend, NtHashStore};
 use super::message::{self, NegotiateFlags};
-use super::spnego::{self, NegState, NegotiateToken, NtlmRoute, Wrapping};
+use super::negotiate::{self, NtlmRoute, Wrapping};
 use super::verify::{ChallengeState, NtlmAcceptor, VerifyPolicy};
 use super::{FileTime, NtlmConfig, NtlmError};
+use crate::gss::oid;
+use crate::gss::spnego::{self, NegState, NegotiateToken};
 
 const PASSWORD: &str = "Passw0rd!";
 
@@ -681,7 +683,7 @@ fn mutated_messages_never_panic_or_verify() {
         let _ = message::NtlmV2Response::parse(m);
         let _ = message::AvPairs::parse(m);
         let _ = spnego::parse_negotiate_token(m);
-        let _ = spnego::route_ntlm(m);
+        let _ = negotiate::route_ntlm(m);
     };
 
     for len in 0..auth.len() {
@@ -690,10 +692,10 @@ fn mutated_messages_never_panic_or_verify() {
     for len in 0..neg.len() {
         check_neg(&neg[..len]);
     }
-    let spnego_init = spnego::build_neg_token_init(&[spnego::oid::NTLM], Some(&neg));
+    let spnego_init = spnego::build_neg_token_init(&[oid::NTLM], Some(&neg));
     let spnego_resp = spnego::build_neg_token_resp(
         NegState::AcceptIncomplete,
-        Some(spnego::oid::NTLM),
+        Some(oid::NTLM),
         Some(&challenge),
         Some(&[7; 16]),
     );
@@ -750,11 +752,11 @@ fn spnego_wrapped_handshake() {
     let now = FileTime::now();
 
     let neg = client.negotiate();
-    let init = spnego::build_neg_token_init(&[spnego::oid::NTLM], Some(&neg));
+    let init = spnego::build_neg_token_init(&[oid::NTLM], Some(&neg));
     let NtlmRoute::Message {
         ntlm,
         wrapping: Wrapping::Spnego,
-    } = spnego::route_ntlm(&init).unwrap()
+    } = negotiate::route_ntlm(&init).unwrap()
     else {
         panic!("not routed to NTLM")
     };
@@ -765,7 +767,7 @@ fn spnego_wrapped_handshake() {
     let state = acc.challenge(ntlm, now).unwrap();
     let resp1 = spnego::build_neg_token_resp(
         NegState::AcceptIncomplete,
-        Some(spnego::oid::NTLM),
+        Some(oid::NTLM),
         Some(state.message()),
         None,
     );
@@ -774,7 +776,7 @@ fn spnego_wrapped_handshake() {
     let NegotiateToken::Resp(r1) = spnego::parse_negotiate_token(&resp1).unwrap() else {
         panic!("not a resp")
     };
-    assert_eq!(r1.supported_mech, Some(spnego::oid::NTLM));
+    assert_eq!(r1.supported_mech, Some(oid::NTLM));
     let auth = client
         .authenticate(&neg, r1.response_token.unwrap())
         .unwrap();
@@ -796,13 +798,14 @@ fn spnego_wrapped_handshake() {
     let NegotiateToken::Resp(r2) = spnego::parse_negotiate_token(&leg2).unwrap() else {
         panic!("not a resp")
     };
-    let NtlmRoute::Message { ntlm, .. } = spnego::route_ntlm(&leg2).unwrap() else {
+    let NtlmRoute::Message { ntlm, .. } = negotiate::route_ntlm(&leg2).unwrap() else {
         panic!("not routed")
     };
     let verified = acc.verify(state, ntlm, &backend(), now).unwrap();
-    let server_mic = spnego::ntlm_mech_list_mic(&verified, &mech_types, r2.mech_list_mic).unwrap();
+    let server_mic =
+        negotiate::ntlm_mech_list_mic(&verified, &mech_types, r2.mech_list_mic).unwrap();
     assert_eq!(
-        spnego::ntlm_mech_list_mic(&verified, &mech_types, Some(&[0; 16])).unwrap_err(),
+        negotiate::ntlm_mech_list_mic(&verified, &mech_types, Some(&[0; 16])).unwrap_err(),
         NtlmError::MicMismatch
     );
     let done =
@@ -959,14 +962,14 @@ fn real_pyspnego_negotiate_client() {
     let NtlmRoute::Message {
         ntlm,
         wrapping: Wrapping::Spnego,
-    } = spnego::route_ntlm(&init).unwrap()
+    } = negotiate::route_ntlm(&init).unwrap()
     else {
         panic!("pyspnego's first token does not carry NTLM")
     };
     let state = acc.challenge(ntlm, now).unwrap();
     c.send(&spnego::build_neg_token_resp(
         NegState::AcceptIncomplete,
-        Some(spnego::oid::NTLM),
+        Some(oid::NTLM),
         Some(state.message()),
         None,
     ));
@@ -975,13 +978,13 @@ fn real_pyspnego_negotiate_client() {
     let NegotiateToken::Resp(r2) = spnego::parse_negotiate_token(&leg2).unwrap() else {
         panic!("not a NegTokenResp")
     };
-    let NtlmRoute::Message { ntlm, .. } = spnego::route_ntlm(&leg2).unwrap() else {
+    let NtlmRoute::Message { ntlm, .. } = negotiate::route_ntlm(&leg2).unwrap() else {
         panic!("no AUTHENTICATE")
     };
     let v = acc.verify(state, ntlm, &backend(), now).unwrap();
     assert_eq!((v.user(), v.domain()), ("alice", "EXAMPLE"));
     assert!(r2.mech_list_mic.is_some(), "pyspnego signs the mech list");
-    let server_mic = spnego::ntlm_mech_list_mic(&v, &mech_types, r2.mech_list_mic).unwrap();
+    let server_mic = negotiate::ntlm_mech_list_mic(&v, &mech_types, r2.mech_list_mic).unwrap();
     c.send(&spnego::build_neg_token_resp(
         NegState::AcceptCompleted,
         None,

@@ -1,5 +1,6 @@
 //! The bounded blocking pool: where every call that may block (GSS-API, the KDC, keytab and
-//! replay-cache file I/O) runs, so that no core thread ever waits on one.
+//! replay-cache file I/O, winbind's `ntlm_auth` helpers) runs, so that no core thread ever
+//! waits on one.
 //!
 //! ```text
 //!  core 0 ─┐  run(timeout, f)                  ┌─ kcd-kdc-0 ─ f() ─┐
@@ -124,7 +125,8 @@ pub struct BlockingPool {
 
 impl BlockingPool {
     /// Starts `threads` workers named `kcd-kdc-N` (at least one) with room for `queue` more
-    /// waiting jobs.
+    /// waiting jobs. The name is what operators see in `ps` and `top`, so it stays although
+    /// winbind checks run here too.
     pub fn new(threads: usize, queue: usize) -> std::io::Result<Self> {
         let threads = threads.max(1);
         let shared = Arc::new(Shared {

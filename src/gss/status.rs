@@ -1,186 +1,21 @@
-//! GSS-API credentials from an explicit credential store, and GSS status codes that read right.
-//!
-//! libgssapi 0.11 has no safe wrapper for `gss_acquire_cred_from` (MIT's cred-store extension),
-//! which is the only way to say *which* keytab, client keytab, ccache and replay cache a
-//! credential uses without touching process-wide environment variables (`KRB5_KTNAME` would
-//! race with every other core). This module is that wrapper: the only FFI of the Kerberos code,
-//! kept small so every `unsafe` block can be checked by reading it.
-//!
-//! Blocking: [`acquire_from`] reads keytabs, and with usage `Both`/`Initiate` plus a client
-//! keytab it may ask the KDC for a TGT. Call it at startup or in the [`super::pool`].
+//! GSS-API status codes that read right, and the krb5 error numbers inside them.
 //!
 //! [`GssStatus`] replaces libgssapi's `Error` for display: that one treats the routine-error
 //! field as bit flags, so `GSS_S_NO_CRED` (7) prints as "BAD_MECH | BAD_NAME | BAD_BINDINGS".
 //! Here the routine error is a number with its RFC 2744 name, the supplementary bits are
 //! flags, and the minor code keeps its mechanism text (MIT: a com_err code; for krb5
 //! errors `minor + 1765328384` is the KRB-ERROR number, see [`GssStatus::krb5_code`]).
+//!
+//! [`krb5_code`] is the one table of krb5 error numbers: the acceptor and the delegation engine
+//! each map the numbers onto their own closed errors, but they name them from here.
+//!
+//! Invariant: formatting a status never fails and never loops unbounded (a broken library's
+//! `gss_display_status` is cut off after a few messages).
 
-use std::ffi::{c_void, CString};
 use std::fmt;
-use std::path::Path;
 use std::ptr;
 
-use libgssapi::credential::{Cred, CredUsage};
 use libgssapi_sys as sys;
-
-/// 1.2.840.113554.1.2.2 (Kerberos 5), without tag and length.
-const KRB5_MECH: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x12, 0x01, 0x02, 0x02];
-/// 1.2.840.113554.1.2.2.1 (GSS_KRB5_NT_PRINCIPAL_NAME): `name/instance@REALM`.
-const KRB5_NT_PRINCIPAL: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x12, 0x01, 0x02, 0x02, 0x01];
-
-/// Where a credential's secrets live: the `key=value` elements of `gss_acquire_cred_from`.
-///
-/// Keys MIT understands (1.20): `keytab` (acceptor keys), `client_keytab` (keys to get a TGT
-/// with), `ccache` (where tickets go; `MEMORY:name` keeps them in-process), `rcache` (the
-/// acceptor's replay cache; by default MIT's file cache in `$KRB5RCACHEDIR`), `password`.
-#[derive(Clone, Debug, Default)]
-pub struct CredStore {
-    elements: Vec<(CString, CString)>,
-}
-
-impl CredStore {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Adds `key = value`. Fails on an interior NUL byte.
-    pub fn with(mut self, key: &str, value: &str) -> Result<Self, GssStatus> {
-        let k = CString::new(key).map_err(|_| GssStatus::bad_input())?;
-        let v = CString::new(value).map_err(|_| GssStatus::bad_input())?;
-        self.elements.push((k, v));
-        Ok(self)
-    }
-
-    /// `keytab = FILE:<path>`: the keys tickets to us are decrypted with. The `FILE:` prefix
-    /// keeps a path with a colon from being read as `TYPE:residual`.
-    pub fn keytab(self, path: &Path) -> Result<Self, GssStatus> {
-        let v = format!("FILE:{}", path.display());
-        self.with("keytab", &v)
-    }
-
-    /// `client_keytab = FILE:<path>`: the keys the credential gets its own TGT with.
-    pub fn client_keytab(self, path: &Path) -> Result<Self, GssStatus> {
-        let v = format!("FILE:{}", path.display());
-        self.with("client_keytab", &v)
-    }
-
-    /// `ccache = <name>`, e.g. `MEMORY:kcd-1`.
-    pub fn ccache(self, name: &str) -> Result<Self, GssStatus> {
-        self.with("ccache", name)
-    }
-
-    /// `rcache = <name>`, e.g. `dfl:` or `file2:/var/lib/kcdproxy/rcache`.
-    pub fn rcache(self, name: &str) -> Result<Self, GssStatus> {
-        self.with("rcache", name)
-    }
-
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.elements
-            .iter()
-            .find(|(k, _)| k.as_bytes() == key.as_bytes())
-            .and_then(|(_, v)| v.to_str().ok())
-    }
-}
-
-/// Acquires a Kerberos credential (krb5 mechanism only) for `principal` (`None`: any key in the
-/// keytab for accepting; the client keytab's or ccache's principal for initiating) from
-/// `store`. Blocking (see the module doc).
-pub fn acquire_from(
-    principal: Option<&str>,
-    usage: CredUsage,
-    store: &CredStore,
-) -> Result<Cred, GssStatus> {
-    let name = match principal {
-        Some(p) => Some(ImportedName::krb5_principal(p)?),
-        None => None,
-    };
-    let mut elements: Vec<sys::gss_key_value_element_desc> = store
-        .elements
-        .iter()
-        .map(|(k, v)| sys::gss_key_value_element_desc {
-            key: k.as_ptr(),
-            value: v.as_ptr(),
-        })
-        .collect();
-    let set = sys::gss_key_value_set_desc {
-        count: u32::try_from(elements.len()).map_err(|_| GssStatus::bad_input())?,
-        elements: elements.as_mut_ptr(),
-    };
-    let mut mech = oid_desc(KRB5_MECH);
-    let mut mechs = sys::gss_OID_set_desc {
-        count: 1,
-        elements: &mut mech,
-    };
-    let usage = match usage {
-        CredUsage::Accept => sys::GSS_C_ACCEPT,
-        CredUsage::Initiate => sys::GSS_C_INITIATE,
-        CredUsage::Both => sys::GSS_C_BOTH,
-    };
-    let mut minor: sys::OM_uint32 = 0;
-    let mut cred: sys::gss_cred_id_t = ptr::null_mut();
-    // SAFETY: every pointer passed lives until the call returns: `name` (owned, released by its
-    // Drop after this), `mechs`/`mech` (locals; `mech` points at a 'static OID that MIT only
-    // reads), `set`, `elements` and the CStrings of `store` they point into. The output
-    // `cred` is written only on success; actual_mechs and time_rec are optional (NULL).
-    let major = unsafe {
-        sys::gss_acquire_cred_from(
-            &mut minor,
-            name.as_ref().map_or(ptr::null_mut(), |n| n.0),
-            sys::_GSS_C_INDEFINITE,
-            &mut mechs,
-            usage as sys::gss_cred_usage_t,
-            &set,
-            &mut cred,
-            ptr::null_mut(),
-            ptr::null_mut(),
-        )
-    };
-    if major != sys::GSS_S_COMPLETE {
-        return Err(GssStatus { major, minor });
-    }
-    // SAFETY: gss_acquire_cred_from succeeded, so `cred` is a fresh credential that nothing
-    // else owns; `Cred` releases it once, when its last clone drops.
-    Ok(unsafe { Cred::from_c(cred) })
-}
-
-/// An OID descriptor over static bytes (MIT never writes through input OIDs).
-fn oid_desc(bytes: &'static [u8]) -> sys::gss_OID_desc {
-    sys::gss_OID_desc {
-        length: bytes.len() as u32,
-        elements: bytes.as_ptr() as *mut c_void,
-    }
-}
-
-/// A `gss_name_t` we imported and must release.
-struct ImportedName(sys::gss_name_t);
-
-impl ImportedName {
-    fn krb5_principal(principal: &str) -> Result<Self, GssStatus> {
-        let mut nt = oid_desc(KRB5_NT_PRINCIPAL);
-        let mut buf = sys::gss_buffer_desc {
-            length: principal.len(),
-            value: principal.as_ptr() as *mut c_void,
-        };
-        let mut minor: sys::OM_uint32 = 0;
-        let mut name: sys::gss_name_t = ptr::null_mut();
-        // SAFETY: `buf` points at `principal`'s bytes (length given, no NUL needed), which
-        // gss_import_name only reads and copies; `nt` points at a 'static OID. `name` is
-        // written only on success.
-        let major = unsafe { sys::gss_import_name(&mut minor, &mut buf, &mut nt, &mut name) };
-        if major != sys::GSS_S_COMPLETE {
-            return Err(GssStatus { major, minor });
-        }
-        Ok(ImportedName(name))
-    }
-}
-
-impl Drop for ImportedName {
-    fn drop(&mut self) {
-        let mut minor: sys::OM_uint32 = 0;
-        // SAFETY: `self.0` came from a successful gss_import_name and is released only here.
-        unsafe { sys::gss_release_name(&mut minor, &mut self.0) };
-    }
-}
 
 /// A GSS-API major/minor status pair, displayed correctly.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -243,11 +78,67 @@ pub mod supplementary {
 /// KRB-ERROR codes of RFC 4120 §7.5.9.
 const KRB5_TABLE_BASE: i32 = -1_765_328_384;
 
+/// MIT's com_err table base of ASN.1 errors (`ERROR_TABLE_BASE_asn1`): a minor code just above
+/// it means a krb5 message (an AP-REQ, a KDC reply) did not decode.
+pub const ASN1_TABLE_BASE: u32 = 1_859_794_432;
+
+/// krb5 error numbers ([`GssStatus::krb5_code`], i.e. `minor - ERROR_TABLE_BASE_krb5`). Below
+/// 128 they are the KRB-ERROR codes of RFC 4120 §7.5.9 (named as there); from 128 on, MIT's
+/// own library errors.
+pub mod krb5_code {
+    pub const KDC_ERR_C_PRINCIPAL_UNKNOWN: u32 = 6;
+    pub const KDC_ERR_S_PRINCIPAL_UNKNOWN: u32 = 7;
+    pub const KDC_ERR_POLICY: u32 = 12;
+    pub const KDC_ERR_BADOPTION: u32 = 13;
+    pub const KDC_ERR_CLIENT_REVOKED: u32 = 18;
+    pub const KDC_ERR_KEY_EXP: u32 = 23;
+    pub const KDC_ERR_PREAUTH_FAILED: u32 = 24;
+    pub const AP_ERR_BAD_INTEGRITY: u32 = 31;
+    pub const AP_ERR_TKT_EXPIRED: u32 = 32;
+    pub const AP_ERR_TKT_NYV: u32 = 33;
+    pub const AP_ERR_REPEAT: u32 = 34;
+    pub const AP_ERR_NOT_US: u32 = 35;
+    pub const AP_ERR_BADMATCH: u32 = 36;
+    pub const AP_ERR_SKEW: u32 = 37;
+    pub const AP_ERR_BADVERSION: u32 = 39;
+    pub const AP_ERR_MSG_TYPE: u32 = 40;
+    pub const AP_ERR_MODIFIED: u32 = 41;
+    pub const AP_ERR_BADKEYVER: u32 = 44;
+    pub const AP_ERR_NOKEY: u32 = 45;
+    /// KRB5KRB_AP_WRONG_PRINC: the ticket names another server.
+    pub const AP_WRONG_PRINC: u32 = 144;
+    /// KRB5_REALM_UNKNOWN: "Cannot find KDC for requested realm".
+    pub const REALM_UNKNOWN: u32 = 154;
+    /// KRB5_KDC_UNREACH: "Cannot contact any KDC for requested realm".
+    pub const KDC_UNREACH: u32 = 156;
+    /// KRB5_RC_TYPE_EXISTS ..= KRB5_RC_IO_SPACE: the replay cache's own errors.
+    pub const RC_FIRST: u32 = 159;
+    pub const RC_REPLAY: u32 = 163;
+    pub const RC_LAST: u32 = 172;
+    pub const KT_NOTFOUND: u32 = 181;
+    pub const KT_END: u32 = 182;
+    pub const RC_REQUIRED: u32 = 215;
+    /// KRB5_REALM_CANT_RESOLVE.
+    pub const REALM_CANT_RESOLVE: u32 = 220;
+    pub const KT_KVNONOTFOUND: u32 = 230;
+}
+
 impl GssStatus {
-    fn bad_input() -> Self {
+    /// A calling error: our input could not be handed to the library (e.g. a NUL byte).
+    pub(super) fn bad_input() -> Self {
         GssStatus {
             major: sys::_GSS_S_CALL_INACCESSIBLE_READ,
             minor: 0,
+        }
+    }
+
+    /// A `GSS_S_FAILURE` carrying krb5 error number `code`, as MIT reports a krb5 error: for
+    /// tests of the mappings built on [`krb5_code`].
+    #[cfg(test)]
+    pub(crate) fn krb5_failure(code: u32) -> Self {
+        GssStatus {
+            major: routine::FAILURE << 16,
+            minor: KRB5_TABLE_BASE.wrapping_add_unsigned(code) as u32,
         }
     }
 
@@ -270,6 +161,15 @@ impl GssStatus {
     pub fn krb5_code(self) -> Option<u32> {
         let n = (self.minor as i32).wrapping_sub(KRB5_TABLE_BASE);
         u32::try_from(n).ok().filter(|n| *n < 256)
+    }
+
+    /// Whether the KDC could not be found or reached (no verdict about the request was made).
+    pub fn kdc_unreachable(self) -> bool {
+        use krb5_code as k;
+        matches!(
+            self.krb5_code(),
+            Some(k::REALM_UNKNOWN | k::KDC_UNREACH | k::REALM_CANT_RESOLVE)
+        )
     }
 
     /// The mechanism's text for the minor code (MIT: the com_err message).
@@ -388,6 +288,22 @@ mod tests {
     }
 
     #[test]
+    fn kdc_unreachable_is_the_three_lookup_and_contact_failures() {
+        for n in [154, 156, 220] {
+            assert!(GssStatus::krb5_failure(n).kdc_unreachable(), "{n}");
+        }
+        for n in [6, 13, 34, 155, 157] {
+            assert!(!GssStatus::krb5_failure(n).kdc_unreachable(), "{n}");
+        }
+        assert_eq!(GssStatus::krb5_failure(34).krb5_code(), Some(34));
+        let errno = GssStatus {
+            major: routine::FAILURE << 16,
+            minor: libc::ETIMEDOUT as u32,
+        };
+        assert!(!errno.kdc_unreachable());
+    }
+
+    #[test]
     fn krb5_codes_from_minor() {
         let repeat = GssStatus {
             major: 13 << 16,
@@ -405,14 +321,5 @@ mod tests {
             minor: 0,
         };
         assert_eq!(dup.to_string(), "GSS_S_FAILURE+DUPLICATE_TOKEN");
-    }
-
-    #[test]
-    fn store_rejects_nul() {
-        assert!(CredStore::new().with("keytab", "a\0b").is_err());
-        let s = CredStore::new()
-            .keytab(Path::new("/etc/x:y.keytab"))
-            .unwrap();
-        assert_eq!(s.get("keytab"), Some("FILE:/etc/x:y.keytab"));
     }
 }

@@ -12,6 +12,9 @@
 //! - **When a delegated ticket ends.** GSS reports no lifetime for a context still waiting for
 //!   the AP-REP, and the credential's lifetime is the S4U2Self ticket's; the backend's service
 //!   ticket may end sooner (KDC policy), and the cache must not use it past its end.
+//!
+//! Invariants: the scratch ccache is destroyed on every path (its `Drop`), and a krb5 context
+//! never leaves the thread that made it (one per pool thread, thread-local).
 
 #![allow(unsafe_code)]
 
