@@ -5,6 +5,7 @@
 pub mod identity;
 pub mod kerberos;
 pub mod machine;
+mod metrics;
 pub mod ntlm;
 pub mod services;
 

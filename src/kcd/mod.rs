@@ -38,7 +38,9 @@
 mod cache;
 pub mod cred;
 pub mod delegate;
+mod metrics;
 pub mod pool;
+mod pool_metrics;
 pub mod tickets;
 
 pub use cred::{CredStore, GssStatus};

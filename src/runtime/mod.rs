@@ -17,7 +17,7 @@ use crate::auth::ntlm::{NtHashStore, NtlmAcceptor, VerifyPolicy};
 use crate::auth::AuthServices;
 use crate::config::{Config, Scheme};
 use crate::kcd::{BlockingPool, DelegationConfig, Delegator};
-use crate::metrics::{self, Registry, WorkerMetrics};
+use crate::metrics::{self, Registry, Source, WorkerMetrics, Workers};
 use crate::net::listener::bind_reuseport;
 use crate::proxy::ctx::Shared;
 use crate::tls;
@@ -45,14 +45,7 @@ pub fn run(cfg: Config) -> Result<(), Vec<String>> {
     if let Some(addr) = cfg.metrics_listen {
         let listener =
             metrics::bind(addr).map_err(|e| vec![format!("--metrics-listen {addr}: {e}")])?;
-        let registry = Registry {
-            workers: shared.worker_metrics.clone(),
-            blocking_pool: shared.blocking_pool.clone(),
-            auth: shared.auth_services.clone(),
-            extra: shared.delegator.clone().map(|d| {
-                Box::new(move |s: &mut String| render_delegation(&d, s)) as metrics::ExtraRender
-            }),
-        };
+        let registry = registry(&shared);
         metrics::serve(listener, Arc::new(registry))
             .map_err(|e| vec![format!("metrics thread: {e}")])?;
     }
@@ -235,80 +228,17 @@ fn spawn_signal_thread(stop: watch::Sender<bool>) -> Result<(), Vec<String>> {
     Ok(())
 }
 
-/// The delegation engine's own counters, for the metrics endpoint.
-fn render_delegation(d: &Delegator, s: &mut String) {
-    use std::fmt::Write as _;
-    let st = d.stats();
-    let counters = [
-        (
-            "ticket_cache_hits_total",
-            "Tokens built from a cached ticket.",
-            st.hits,
-        ),
-        (
-            "ticket_cache_misses_total",
-            "Requests that led a KDC exchange.",
-            st.misses,
-        ),
-        (
-            "ticket_cache_joined_total",
-            "Requests that waited for another request's exchange.",
-            st.joined,
-        ),
-        (
-            "ticket_refreshes_total",
-            "Background ticket refreshes started.",
-            st.refreshes,
-        ),
-        (
-            "kdc_s4u2self_total",
-            "S4U2Self requests sent to the KDC.",
-            st.s4u2self,
-        ),
-        (
-            "kdc_s4u2proxy_total",
-            "S4U2Proxy requests sent to the KDC.",
-            st.s4u2proxy,
-        ),
-        (
-            "kdc_refusals_total",
-            "Delegation refusals from the KDC.",
-            st.refusals,
-        ),
-        (
-            "ticket_negative_hits_total",
-            "Refusals answered from the negative cache.",
-            st.negative_hits,
-        ),
-        (
-            "kdc_errors_total",
-            "KDC side unavailable (pool full or timed out, KDC unreachable).",
-            st.kdc_errors,
-        ),
-        (
-            "proxy_logins_total",
-            "Logins of the proxy itself (start-up and renewals).",
-            st.proxy_logins,
-        ),
-    ];
-    for (name, help, v) in counters {
-        let _ = writeln!(
-            s,
-            "# HELP kcdproxy_{name} {help}\n# TYPE kcdproxy_{name} counter\nkcdproxy_{name} {v}"
-        );
+/// What the metrics endpoint renders, in exposition order: the workers' counters, then the
+/// KDC pool's, the authentication services' and the delegation engine's, those that exist.
+fn registry(shared: &Shared) -> Registry {
+    let mut sources: Vec<Arc<dyn Source + Send + Sync>> =
+        vec![Arc::new(Workers(shared.worker_metrics.clone()))];
+    if let Some(pool) = &shared.blocking_pool {
+        sources.push(pool.clone());
     }
-    let _ = writeln!(
-        s,
-        "# HELP kcdproxy_ticket_cache_entries (user, SPN) entries cached.\n\
-         # TYPE kcdproxy_ticket_cache_entries gauge\nkcdproxy_ticket_cache_entries {}",
-        st.entries
-    );
-    let _ = writeln!(
-        s,
-        "# HELP kcdproxy_kdc_latency_seconds KDC exchanges for delegated tickets.\n\
-         # TYPE kcdproxy_kdc_latency_seconds summary\n\
-         kcdproxy_kdc_latency_seconds_sum {:.6}\nkcdproxy_kdc_latency_seconds_count {}",
-        st.kdc_latency_us_sum as f64 / 1e6,
-        st.kdc_latency_count
-    );
+    sources.push(shared.auth_services.clone());
+    if let Some(d) = &shared.delegator {
+        sources.push(d.clone());
+    }
+    Registry { sources }
 }
