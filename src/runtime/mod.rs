@@ -6,11 +6,14 @@
 //! listening sockets are shut down, so new connections are refused), idle connections close,
 //! and in-flight requests may finish until `--drain-timeout`. A second signal exits at once.
 
+mod start_error;
 mod worker;
 
 use std::sync::Arc;
 
 use tokio::sync::watch;
+
+pub use start_error::{StartError, StartErrors};
 
 use crate::accesslog::Sink;
 use crate::auth::ntlm::{NtHashStore, NtlmAcceptor, VerifyPolicy};
@@ -24,11 +27,11 @@ use crate::tls;
 
 /// Builds everything that can fail at start-up (TLS configs, log file, listening sockets)
 /// before any worker starts, then runs the workers until they have drained.
-pub fn run(cfg: Config) -> Result<(), Vec<String>> {
+pub fn run(cfg: Config) -> Result<(), StartErrors> {
     let shared = Arc::new(prepare(cfg)?);
     let cfg = &shared.cfg;
     let sink = Sink::open(&cfg.access_log)
-        .map_err(|e| vec![format!("access log {:?}: {e}", cfg.access_log)])?;
+        .map_err(|e| StartError::new(format!("access log {:?}", cfg.access_log), e))?;
 
     // Every worker binds its own socket per listener, so a port conflict is reported now.
     let mut sockets = Vec::with_capacity(cfg.workers);
@@ -36,18 +39,18 @@ pub fn run(cfg: Config) -> Result<(), Vec<String>> {
         let mut mine = Vec::new();
         for l in &cfg.listeners {
             let s = bind_reuseport(l.addr, 4096)
-                .map_err(|e| vec![format!("listen {}: {e}", l.addr)])?;
+                .map_err(|e| StartError::new(format!("listen {}", l.addr), e))?;
             mine.push((s, l.tls));
         }
         sockets.push(mine);
     }
 
     if let Some(addr) = cfg.metrics_listen {
-        let listener =
-            metrics::bind(addr).map_err(|e| vec![format!("--metrics-listen {addr}: {e}")])?;
+        let listener = metrics::bind(addr)
+            .map_err(|e| StartError::new(format!("--metrics-listen {addr}"), e))?;
         let registry = registry(&shared);
         metrics::serve(listener, Arc::new(registry))
-            .map_err(|e| vec![format!("metrics thread: {e}")])?;
+            .map_err(|e| StartError::new("metrics thread", e))?;
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -62,7 +65,7 @@ pub fn run(cfg: Config) -> Result<(), Vec<String>> {
         let t = std::thread::Builder::new()
             .name(format!("kcd-worker-{id}"))
             .spawn(move || worker::run(id, cpu, listeners, shared, sink, stop))
-            .map_err(|e| vec![format!("spawning worker {id}: {e}")])?;
+            .map_err(|e| StartError::new(format!("spawning worker {id}"), e))?;
         threads.push(t);
     }
     tracing::info!(
@@ -70,30 +73,27 @@ pub fn run(cfg: Config) -> Result<(), Vec<String>> {
         listeners = ?cfg.listeners.iter().map(|l| (l.addr, l.tls)).collect::<Vec<_>>(),
         "kcdproxy started"
     );
-    let mut failed = Vec::new();
+    let mut failed = StartErrors::default();
     for (id, t) in threads.into_iter().enumerate() {
         match t.join() {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => failed.push(format!("worker {id}: {e}")),
-            Err(_) => failed.push(format!("worker {id} panicked")),
+            Ok(Err(e)) => failed.push(StartError::new(format!("worker {id}"), e)),
+            Err(_) => failed.push(StartError::bare(format!("worker {id} panicked"))),
         }
     }
-    if failed.is_empty() {
-        tracing::info!("kcdproxy stopped");
-        Ok(())
-    } else {
-        Err(failed)
-    }
+    failed.or_ok(())?;
+    tracing::info!("kcdproxy stopped");
+    Ok(())
 }
 
 /// Loads certificates and keys and builds the TLS configurations, reporting every problem.
-pub fn prepare(cfg: Config) -> Result<Shared, Vec<String>> {
-    let mut errs = Vec::new();
+pub fn prepare(cfg: Config) -> Result<Shared, StartErrors> {
+    let mut errs = StartErrors::default();
     let tls_server = if cfg.listeners.iter().any(|l| l.tls) || !cfg.tls_certs.is_empty() {
         match tls::server_config(&cfg.tls_certs) {
             Ok(c) => Some(c),
             Err(e) => {
-                errs.extend(e);
+                errs.extend(StartErrors::from(e));
                 None
             }
         }
@@ -110,7 +110,7 @@ pub fn prepare(cfg: Config) -> Result<Shared, Vec<String>> {
         match tls::client_config(cfg.backend_ca.as_deref()) {
             Ok(c) => Some(c),
             Err(e) => {
-                errs.push(e);
+                errs.push(StartError::from_message(e));
                 None
             }
         }
@@ -121,21 +121,22 @@ pub fn prepare(cfg: Config) -> Result<Shared, Vec<String>> {
         Some(p) => match NtHashStore::load(p) {
             Ok(s) => Some(s),
             Err(e) => {
-                errs.push(format!("--ntlm-hash-file `{}`: {e}", p.display()));
+                errs.push(StartError::new(
+                    format!("--ntlm-hash-file `{}`", p.display()),
+                    e,
+                ));
                 None
             }
         },
         None => None,
     };
-    if !errs.is_empty() {
-        return Err(errs);
-    }
+    errs.or_ok(())?;
     let workers = cfg.workers;
     let a = &cfg.auth;
     let blocking_pool = if a.kerberos.is_some() || a.winbind.is_some() {
         match BlockingPool::new(a.kdc.threads, a.kdc.queue) {
             Ok(p) => Some(Arc::new(p)),
-            Err(e) => return Err(vec![format!("KDC pool threads: {e}")]),
+            Err(e) => return Err(StartError::new("KDC pool threads", e).into()),
         }
     } else {
         None
@@ -154,9 +155,9 @@ pub fn prepare(cfg: Config) -> Result<Shared, Vec<String>> {
     };
     let ntlm_config = shared.ntlm_config();
     if let Err(e) = NtlmAcceptor::new(&ntlm_config, VerifyPolicy::default()) {
-        return Err(vec![format!(
-            "NTLM names (--ntlm-domain/--ntlm-computer/--dns-domain): {e}"
-        )]);
+        return Err(
+            StartError::new("NTLM names (--ntlm-domain/--ntlm-computer/--dns-domain)", e).into(),
+        );
     }
     // Blocking (keytab, the proxy's TGT, winbind helpers): fine here, before any core runs.
     shared.auth_services = Arc::new(AuthServices::new(
@@ -178,7 +179,7 @@ pub fn prepare(cfg: Config) -> Result<Shared, Vec<String>> {
         shared.blocking_pool.as_ref(),
     ) {
         let Some(login) = &k.login else {
-            return Err(vec!["spn= routes need --kerberos-login".into()]);
+            return Err(StartError::bare("spn= routes need --kerberos-login").into());
         };
         let kdc = &shared.cfg.auth.kdc;
         let dc = DelegationConfig {
@@ -192,20 +193,21 @@ pub fn prepare(cfg: Config) -> Result<Shared, Vec<String>> {
         match Delegator::new(dc, Arc::clone(pool)) {
             Ok(d) => shared.delegator = Some(Arc::new(d)),
             Err(e) => {
-                return Err(vec![format!(
-                    "delegation: logging in as {login} from {}: {e}",
-                    k.keytab.display()
-                )])
+                return Err(StartError::new(
+                    "delegation",
+                    format!("logging in as {login} from {}: {e}", k.keytab.display()),
+                )
+                .into())
             }
         }
     }
     Ok(shared)
 }
 
-fn spawn_signal_thread(stop: watch::Sender<bool>) -> Result<(), Vec<String>> {
+fn spawn_signal_thread(stop: watch::Sender<bool>) -> Result<(), StartError> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
-        .map_err(|e| vec![format!("signal handler: {e}")])?;
+        .map_err(|e| StartError::new("signal handler", e))?;
     std::thread::Builder::new()
         .name("kcd-signals".into())
         .spawn(move || {
@@ -224,7 +226,7 @@ fn spawn_signal_thread(stop: watch::Sender<bool>) -> Result<(), Vec<String>> {
                 }
             }
         })
-        .map_err(|e| vec![format!("signal thread: {e}")])?;
+        .map_err(|e| StartError::new("signal thread", e))?;
     Ok(())
 }
 
