@@ -25,7 +25,8 @@
 //! ## Modules
 //!
 //! - [`config`]: flags → validated [`config::Config`], the route table.
-//! - [`runtime`]: worker threads, CPU pinning, signals and graceful drain.
+//! - [`runtime`]: start-up (the process assembled from its config, typed start-up errors),
+//!   worker threads, CPU pinning, signals and graceful drain.
 //! - [`net`]: listeners, the owned-buffer I/O trait over tokio-uring, the buffer pool.
 //! - [`tls`]: rustls server (clients) and client (backends) over the I/O trait.
 //! - [`http1`]: zero-copy head parsing, body framing, head encoding.
@@ -35,6 +36,8 @@
 //! - [`auth`]: client pre-authentication: the per-connection state machine, NTLM, Negotiate,
 //!   Basic, and the identity only it can mint.
 //! - [`accesslog`]: one line per request.
+//! - [`metrics`]: per-worker counters, the Prometheus text writer every counter owner renders
+//!   through, and the `/metrics` endpoint.
 
 pub mod accesslog;
 pub mod auth;
