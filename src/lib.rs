@@ -2,41 +2,51 @@
 //!
 //! An authenticating reverse proxy for Exchange and SharePoint: it terminates TLS,
 //! pre-authenticates users (NTLM, Negotiate, Basic) and reaches the backend *as the user* with
-//! Kerberos constrained delegation.
+//! Kerberos constrained delegation (MS-SFU S4U2self + S4U2proxy).
 //!
 //! ## Architecture
 //!
 //! Thread per core. `runtime` starts one pinned OS thread per worker; each runs its own
 //! tokio-uring runtime with its own SO_REUSEPORT listeners, connection slab, buffer pool and
-//! backend connection pool. Nothing on the per-request path takes a lock or crosses a thread.
+//! backend connection pool. Nothing on the per-request path takes a lock or crosses a thread,
+//! except the delegated-ticket cache (a short read-locked lookup) and, on a miss, the blocking
+//! pool where every KDC, GSS-API and winbind call runs.
 //!
 //! ## The phases of one request (`proxy`)
 //!
 //! ```text
-//! accept ─► [TLS handshake] ─► read head (header timeout) ─► parse + validate framing
-//!        ─► route ─► [authenticate] ─► backend connection (pool keyed by identity)
-//!        ─► write head ─► stream request body ║ read response head, stream response body
-//!        ─► access log ─► keep-alive: back to "read head"
+//! accept ─► [TLS handshake] ─► read_head ─► route ─► authenticate ─┬─► 401 challenge ─► log
+//!                                                                  └─► choose backend
+//!   ─► forward: connect (pool keyed by identity) ─► ticket (delegation) ─► head [100]
+//!               ─► request body ║ response head + body ─► [retry once?]
+//!   ─► log ─► keep-alive: back to read_head
 //! ```
 //!
 //! Every failure is an [`error::Error`]; `proxy::respond` is the one place that turns it into
-//! an HTTP answer and an access-log reason.
+//! an HTTP answer, and `proxy::log` writes every request's access-log line.
 //!
-//! ## Modules
+//! ## Floors
 //!
-//! - [`config`]: flags → validated [`config::Config`], the route table.
-//! - [`runtime`]: worker threads, CPU pinning, signals and graceful drain.
-//! - [`net`]: listeners, the owned-buffer I/O trait over tokio-uring, the buffer pool.
-//! - [`tls`]: rustls server (clients) and client (backends) over the I/O trait.
-//! - [`http1`]: zero-copy head parsing, body framing, head encoding.
-//! - [`gss`]: the floor under `auth` and `kcd`: the bounded pool for blocking calls, GSS
-//!   credentials and status codes, the DER/SPNEGO codec.
-//! - [`kcd`]: Kerberos constrained delegation (S4U2Self/S4U2Proxy) and its ticket cache.
-//! - [`backend`]: backend connections and the per-core pool.
-//! - [`proxy`]: the phase sequence above, body streaming, error responses.
-//! - [`auth`]: client pre-authentication: the per-connection state machine, NTLM, Kerberos,
-//!   Basic, and the identity only it can mint.
-//! - [`accesslog`]: one line per request.
+//! A module uses only modules on floors below its own, never one beside it or above it
+//! (`tests/layering.rs` reads this list and checks every `crate::` path under `src/`):
+//!
+//! - floor 6: [`runtime`]: assembles the process (config → shared state → workers → metrics
+//!   registry), pinned worker threads, signals and graceful drain.
+//! - floor 5: [`proxy`]: the phase sequence above, body streaming, error answers, the log line.
+//! - floor 4: [`auth`]: client pre-authentication: the per-connection state machine, NTLM,
+//!   Negotiate, Basic, and the identity only it can mint. [`kcd`]: constrained delegation:
+//!   S4U on the blocking pool, the per-user ticket cache, backend tokens. [`backend`]: backend
+//!   connections, the per-core pool that keeps the identity rule, the choice of a backend.
+//! - floor 3: [`gss`]: everything GSS-API and Kerberos below both `auth` and `kcd`: the bounded
+//!   blocking pool, credentials, ticket reading, the DER reader and the SPNEGO codec.
+//! - floor 2: [`tls`]: rustls server (clients) and client (backends) over the I/O trait; the
+//!   plain-or-TLS stream.
+//! - floor 1: [`net`]: listeners, the owned-buffer I/O trait over tokio-uring, reads and writes
+//!   under a deadline, the buffer pool. [`http1`]: zero-copy head parsing, body framing, head
+//!   encoding, `Authorization` values. [`accesslog`]: one line per request, buffered per core.
+//!   [`metrics`]: per-worker counters and the Prometheus endpoint.
+//! - floor 0: [`error`]: the one error type (closed kind, side, context). [`config`]: flags →
+//!   validated [`config::Config`], the route table.
 
 pub mod accesslog;
 pub mod auth;

@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use kcdproxy::config::{Config, Flags};
+use kcdproxy::runtime::{self, StartErrors};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -10,7 +11,7 @@ fn main() {
     let flags = Flags::parse();
     let cfg = match Config::from_flags(&flags) {
         Ok(c) => c,
-        Err(errs) => fail(&errs),
+        Err(errs) => fail(errs.into()),
     };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&cfg.log_level))
@@ -18,21 +19,21 @@ fn main() {
         .init();
     if flags.check_config {
         // Load certificates and keys too: a config that parses but cannot start is not OK.
-        match kcdproxy::runtime::prepare(cfg) {
+        match runtime::prepare(cfg) {
             Ok(_) => {
                 println!("configuration OK");
                 return;
             }
-            Err(errs) => fail(&errs),
+            Err(errs) => fail(errs),
         }
     }
-    if let Err(errs) = kcdproxy::runtime::run(cfg) {
-        fail(&errs);
+    if let Err(errs) = runtime::run(cfg) {
+        fail(errs);
     }
 }
 
-fn fail(errs: &[String]) -> ! {
-    for e in errs {
+fn fail(errs: StartErrors) -> ! {
+    for e in &errs {
         eprintln!("kcdproxy: {e}");
     }
     std::process::exit(2);

@@ -1,36 +1,33 @@
 //! Counters for operators, exported in the Prometheus text format on `--metrics-listen`.
 //!
 //! Each worker counts into its own [`WorkerMetrics`] (relaxed atomics on a cache line of its
-//! own, so cores never contend on a counter); a scrape adds the workers up. The endpoint is a
-//! plain blocking thread, off the cores: it serves one scrape at a time, reads at most a
-//! small request head and never touches a connection of the proxy.
+//! own, so cores never contend on a counter); a scrape adds the workers up. Everything else
+//! that has counters (the KDC pool, the authentication services, the delegation engine)
+//! renders them itself as a [`Source`], next to the counters, through the [`Exposition`]
+//! writer; this module knows none of them, only the [`Registry`] of sources that start-up
+//! assembles.
+//!
+//! The endpoint is a plain blocking thread, off the cores: it serves one scrape at a time,
+//! reads at most a small request head and never touches a connection of the proxy.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
+use std::fmt::{Display, Write as _};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::auth::{AuthScheme, AuthServices};
 use crate::error::{Error, ErrorKind};
-use crate::gss::BlockingPool;
 
-const SCHEMES: [AuthScheme; 4] = [
-    AuthScheme::Ntlm,
-    AuthScheme::NegotiateNtlm,
-    AuthScheme::NegotiateKerberos,
-    AuthScheme::Basic,
-];
+/// Authentication schemes as the counters label them, in exposition order (the access log's
+/// names for them).
+pub const SCHEMES: [&str; 4] = ["ntlm", "negotiate-ntlm", "negotiate-kerberos", "basic"];
 
-fn scheme_index(s: AuthScheme) -> usize {
-    match s {
-        AuthScheme::Ntlm => 0,
-        AuthScheme::NegotiateNtlm => 1,
-        AuthScheme::NegotiateKerberos => 2,
-        AuthScheme::Basic => 3,
-    }
+/// An authentication scheme, as far as counting goes: its index in [`SCHEMES`]. The type that
+/// names the schemes implements it, so this module depends on no authentication code.
+pub trait SchemeSlot: Copy {
+    fn slot(self) -> usize;
 }
 
 /// Delegated-ticket outcomes, as the access log names them.
@@ -42,7 +39,7 @@ pub const TICKETS: [&str; 4] = ["hit", "miss", "joined", "none"];
 pub struct WorkerMetrics {
     /// By status class: 1xx..5xx, and "no response" (index 0).
     responses: [AtomicU64; 6],
-    /// Requests that went through authentication successfully, by scheme.
+    /// Requests that went through authentication successfully, by scheme ([`SCHEMES`]).
     authenticated: [AtomicU64; 4],
     /// 401s by reason (the handshake's own challenges included: `ntlm_challenge_sent`).
     refused: Mutex<HashMap<&'static str, u64>>,
@@ -65,11 +62,11 @@ impl WorkerMetrics {
     }
 
     /// Counts one finished request.
-    pub fn request(&self, status: u16, scheme: Option<AuthScheme>, err: Option<&Error>) {
+    pub fn request(&self, status: u16, scheme: Option<impl SchemeSlot>, err: Option<&Error>) {
         let class = usize::from(status / 100).min(5);
         self.responses[class].fetch_add(1, Relaxed);
-        if let Some(s) = scheme {
-            self.authenticated[scheme_index(s)].fetch_add(1, Relaxed);
+        if let Some(c) = scheme.and_then(|s| self.authenticated.get(s.slot())) {
+            c.fetch_add(1, Relaxed);
         }
         match err {
             Some(e) if e.kind == ErrorKind::Unauthenticated => {
@@ -112,45 +109,128 @@ fn reason_label(e: &Error) -> &'static str {
     e.kind.as_str()
 }
 
-/// Appends more exposition text at scrape time.
-pub type ExtraRender = Box<dyn Fn(&mut String) + Send + Sync>;
-
-/// What a scrape reads: the workers' counters and the shared services' own.
-pub struct Registry {
-    pub workers: Vec<Arc<WorkerMetrics>>,
-    pub blocking_pool: Option<Arc<BlockingPool>>,
-    pub auth: Arc<AuthServices>,
-    /// Extra text from the delegation engine (its counters), rendered at scrape time.
-    pub extra: Option<ExtraRender>,
+/// The Prometheus text exposition (format 0.0.4) being written for one scrape.
+///
+/// Names, help texts and label values are the callers' static strings: none of them needs
+/// escaping, so none is escaped.
+#[derive(Default)]
+pub struct Exposition {
+    text: String,
 }
 
-impl Registry {
-    /// The Prometheus text exposition (format 0.0.4).
-    pub fn render(&self) -> String {
-        let mut s = String::with_capacity(4096);
-        let sum =
-            |f: &dyn Fn(&WorkerMetrics) -> u64| -> u64 { self.workers.iter().map(|w| f(w)).sum() };
-        s.push_str("# HELP kcdproxy_responses_total Responses by status class (0 = none sent).\n");
-        s.push_str("# TYPE kcdproxy_responses_total counter\n");
-        for (i, class) in ["none", "1xx", "2xx", "3xx", "4xx", "5xx"]
-            .iter()
-            .enumerate()
-        {
-            let n = sum(&|w| w.responses[i].load(Relaxed));
-            let _ = writeln!(s, "kcdproxy_responses_total{{class=\"{class}\"}} {n}");
+/// Microseconds, exposed as seconds with microsecond precision (`0.003000`).
+#[derive(Clone, Copy, Debug)]
+pub struct Seconds {
+    pub micros: u64,
+}
+
+impl Seconds {
+    pub fn from_micros(micros: u64) -> Self {
+        Seconds { micros }
+    }
+}
+
+impl Display for Seconds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.6}", self.micros as f64 / 1e6)
+    }
+}
+
+impl Exposition {
+    pub fn new() -> Self {
+        Exposition {
+            text: String::with_capacity(4096),
         }
-        s.push_str("# HELP kcdproxy_authenticated_total Requests authenticated, by scheme.\n");
-        s.push_str("# TYPE kcdproxy_authenticated_total counter\n");
-        for (i, scheme) in SCHEMES.iter().enumerate() {
-            let n = sum(&|w| w.authenticated[i].load(Relaxed));
-            let _ = writeln!(
-                s,
-                "kcdproxy_authenticated_total{{scheme=\"{}\"}} {n}",
-                scheme.as_str()
-            );
+    }
+
+    /// A counter without labels.
+    pub fn counter(&mut self, name: &str, help: &str, value: impl Display) {
+        self.family(name, help, "counter");
+        self.sample(name, "", value);
+    }
+
+    /// A counter family with one label: a sample per `(label value, value)`, in the order
+    /// given. The HELP and TYPE lines are written even when there is no sample yet.
+    pub fn counters<L: Display, V: Display>(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: &str,
+        samples: impl IntoIterator<Item = (L, V)>,
+    ) {
+        self.family(name, help, "counter");
+        for (l, v) in samples {
+            let _ = writeln!(self.text, "{name}{{{label}=\"{l}\"}} {v}");
         }
+    }
+
+    /// A gauge without labels.
+    pub fn gauge(&mut self, name: &str, help: &str, value: impl Display) {
+        self.family(name, help, "gauge");
+        self.sample(name, "", value);
+    }
+
+    /// A summary without quantiles: `NAME_sum` and `NAME_count`.
+    pub fn summary(&mut self, name: &str, help: &str, sum: impl Display, count: u64) {
+        self.family(name, help, "summary");
+        self.sample(name, "_sum", sum);
+        self.sample(name, "_count", count);
+    }
+
+    /// The text written so far.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    pub fn into_text(self) -> String {
+        self.text
+    }
+
+    fn family(&mut self, name: &str, help: &str, kind: &str) {
+        let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, suffix: &str, value: impl Display) {
+        let _ = writeln!(self.text, "{name}{suffix} {value}");
+    }
+}
+
+/// Something with counters of its own, rendered at scrape time.
+pub trait Source {
+    fn render(&self, out: &mut Exposition);
+}
+
+/// The workers' counters, added up over all workers.
+pub struct Workers(pub Vec<Arc<WorkerMetrics>>);
+
+impl Workers {
+    fn sum(&self, f: impl Fn(&WorkerMetrics) -> u64) -> u64 {
+        self.0.iter().map(|w| f(w)).sum()
+    }
+}
+
+impl Source for Workers {
+    fn render(&self, out: &mut Exposition) {
+        out.counters(
+            "kcdproxy_responses_total",
+            "Responses by status class (0 = none sent).",
+            "class",
+            ["none", "1xx", "2xx", "3xx", "4xx", "5xx"]
+                .iter()
+                .enumerate()
+                .map(|(i, class)| (class, self.sum(|w| w.responses[i].load(Relaxed)))),
+        );
+        out.counters(
+            "kcdproxy_authenticated_total",
+            "Requests authenticated, by scheme.",
+            "scheme",
+            SCHEMES
+                .iter()
+                .enumerate()
+                .map(|(i, scheme)| (scheme, self.sum(|w| w.authenticated[i].load(Relaxed)))),
+        );
         let mut refused: HashMap<&'static str, u64> = HashMap::new();
-        for w in &self.workers {
+        for w in &self.0 {
             let m = w.refused.lock().unwrap_or_else(PoisonError::into_inner);
             for (k, v) in m.iter() {
                 *refused.entry(k).or_insert(0) += v;
@@ -158,68 +238,53 @@ impl Registry {
         }
         let mut refused: Vec<_> = refused.into_iter().collect();
         refused.sort();
-        s.push_str(
-            "# HELP kcdproxy_auth_challenged_total 401 answers by reason (handshake legs included).\n",
+        out.counters(
+            "kcdproxy_auth_challenged_total",
+            "401 answers by reason (handshake legs included).",
+            "reason",
+            refused,
         );
-        s.push_str("# TYPE kcdproxy_auth_challenged_total counter\n");
-        for (reason, n) in refused {
-            let _ = writeln!(
-                s,
-                "kcdproxy_auth_challenged_total{{reason=\"{reason}\"}} {n}"
-            );
+        out.counter(
+            "kcdproxy_kdc_unavailable_total",
+            "503 answers: the KDC side could not answer.",
+            self.sum(|w| w.kdc_unavailable.load(Relaxed)),
+        );
+        out.counters(
+            "kcdproxy_delegated_requests_total",
+            "Delegated requests by ticket source.",
+            "ticket",
+            TICKETS
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t, self.sum(|w| w.tickets[i].load(Relaxed)))),
+        );
+        out.counter(
+            "kcdproxy_delegation_kdc_wait_seconds_total",
+            "Time requests waited on the KDC side for tickets.",
+            Seconds::from_micros(self.sum(|w| w.kdc_wait_us.load(Relaxed))),
+        );
+        let conns: i64 = self.0.iter().map(|w| w.connections.load(Relaxed)).sum();
+        out.gauge(
+            "kcdproxy_client_connections",
+            "Client connections open.",
+            conns.max(0),
+        );
+    }
+}
+
+/// What a scrape reads: every source, in order.
+pub struct Registry {
+    pub sources: Vec<Arc<dyn Source + Send + Sync>>,
+}
+
+impl Registry {
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = Exposition::new();
+        for s in &self.sources {
+            s.render(&mut out);
         }
-        let n = sum(&|w| w.kdc_unavailable.load(Relaxed));
-        s.push_str(
-            "# HELP kcdproxy_kdc_unavailable_total 503 answers: the KDC side could not answer.\n",
-        );
-        s.push_str("# TYPE kcdproxy_kdc_unavailable_total counter\n");
-        let _ = writeln!(s, "kcdproxy_kdc_unavailable_total {n}");
-        s.push_str(
-            "# HELP kcdproxy_delegated_requests_total Delegated requests by ticket source.\n",
-        );
-        s.push_str("# TYPE kcdproxy_delegated_requests_total counter\n");
-        for (i, t) in TICKETS.iter().enumerate() {
-            let n = sum(&|w| w.tickets[i].load(Relaxed));
-            let _ = writeln!(s, "kcdproxy_delegated_requests_total{{ticket=\"{t}\"}} {n}");
-        }
-        let us = sum(&|w| w.kdc_wait_us.load(Relaxed));
-        s.push_str("# HELP kcdproxy_delegation_kdc_wait_seconds_total Time requests waited on the KDC side for tickets.\n");
-        s.push_str("# TYPE kcdproxy_delegation_kdc_wait_seconds_total counter\n");
-        let _ = writeln!(
-            s,
-            "kcdproxy_delegation_kdc_wait_seconds_total {:.6}",
-            us as f64 / 1e6
-        );
-        let conns: i64 = self
-            .workers
-            .iter()
-            .map(|w| w.connections.load(Relaxed))
-            .sum();
-        s.push_str("# HELP kcdproxy_client_connections Client connections open.\n");
-        s.push_str("# TYPE kcdproxy_client_connections gauge\n");
-        let _ = writeln!(s, "kcdproxy_client_connections {}", conns.max(0));
-        if let Some(pool) = &self.blocking_pool {
-            let st = pool.stats();
-            s.push_str("# HELP kcdproxy_kdc_pool_threads Threads of the KDC pool.\n");
-            s.push_str("# TYPE kcdproxy_kdc_pool_threads gauge\n");
-            let _ = writeln!(s, "kcdproxy_kdc_pool_threads {}", st.threads);
-            s.push_str(
-                "# HELP kcdproxy_kdc_pool_admitted Calls running or queued in the KDC pool.\n",
-            );
-            s.push_str("# TYPE kcdproxy_kdc_pool_admitted gauge\n");
-            let _ = writeln!(s, "kcdproxy_kdc_pool_admitted {}", st.admitted);
-        }
-        s.push_str("# HELP kcdproxy_basic_cache_entries Basic logins remembered.\n");
-        s.push_str("# TYPE kcdproxy_basic_cache_entries gauge\n");
-        let _ = writeln!(
-            s,
-            "kcdproxy_basic_cache_entries {}",
-            self.auth.basic_cache().len()
-        );
-        if let Some(extra) = &self.extra {
-            extra(&mut s);
-        }
-        s
+        out.into_text()
     }
 }
 
@@ -296,6 +361,20 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 mod tests {
     use super::*;
 
+    /// The schemes in [`SCHEMES`] order, standing in for the authentication module's type.
+    #[derive(Clone, Copy)]
+    struct Slot(usize);
+
+    impl SchemeSlot for Slot {
+        fn slot(self) -> usize {
+            self.0
+        }
+    }
+
+    const NTLM: Slot = Slot(0);
+    const NEGOTIATE_KERBEROS: Slot = Slot(2);
+    const BASIC: Slot = Slot(3);
+
     #[test]
     fn reason_labels_are_bounded_tokens() {
         let e = Error::new(ErrorKind::Unauthenticated, "ntlm_wrong_password");
@@ -312,24 +391,25 @@ mod tests {
     fn render_sums_workers() {
         let a = Arc::new(WorkerMetrics::default());
         let b = Arc::new(WorkerMetrics::default());
-        a.request(200, Some(AuthScheme::Ntlm), None);
-        b.request(200, Some(AuthScheme::Ntlm), None);
+        a.request(200, Some(NTLM), None);
+        b.request(200, Some(NTLM), None);
         b.request(
             401,
-            None,
+            None::<Slot>,
             Some(&Error::new(
                 ErrorKind::Unauthenticated,
                 "ntlm_wrong_password",
             )),
         );
-        b.request(503, None, Some(&Error::new(ErrorKind::KdcUnavailable, "x")));
+        b.request(
+            503,
+            None::<Slot>,
+            Some(&Error::new(ErrorKind::KdcUnavailable, "x")),
+        );
         a.delegation("hit", None);
         a.delegation("miss", Some(Duration::from_millis(3)));
         let r = Registry {
-            workers: vec![a, b],
-            blocking_pool: None,
-            auth: Arc::new(AuthServices::none()),
-            extra: None,
+            sources: vec![Arc::new(Workers(vec![a, b]))],
         };
         let text = r.render();
         for want in [
@@ -343,5 +423,113 @@ mod tests {
         ] {
             assert!(text.contains(want), "{want} missing in:\n{text}");
         }
+    }
+
+    /// The exact text scrapers have always read: names, HELP and TYPE lines, label order,
+    /// number formats, and a family with no samples yet.
+    #[test]
+    fn worker_exposition_is_unchanged() {
+        let a = Arc::new(WorkerMetrics::default());
+        let b = Arc::new(WorkerMetrics::default());
+        a.request(200, Some(NTLM), None);
+        b.request(200, Some(BASIC), None);
+        a.request(0, None::<Slot>, None);
+        b.request(101, Some(NEGOTIATE_KERBEROS), None);
+        let refused = |w: &WorkerMetrics, why: &'static str| {
+            w.request(
+                401,
+                None::<Slot>,
+                Some(&Error::new(ErrorKind::Unauthenticated, why)),
+            )
+        };
+        refused(&b, "ntlm_wrong_password");
+        refused(&b, "krb_replay: x");
+        refused(&a, "krb_replay: y");
+        b.request(
+            503,
+            None::<Slot>,
+            Some(&Error::new(ErrorKind::KdcUnavailable, "x")),
+        );
+        a.delegation("hit", None);
+        a.delegation("miss", Some(Duration::from_micros(3001)));
+        b.delegation("none", Some(Duration::from_millis(1500)));
+        a.conn_opened();
+        a.conn_opened();
+        b.conn_opened();
+        b.conn_closed();
+        let mut out = Exposition::new();
+        Workers(vec![a, b]).render(&mut out);
+        assert_eq!(
+            out.as_str(),
+            "\
+# HELP kcdproxy_responses_total Responses by status class (0 = none sent).
+# TYPE kcdproxy_responses_total counter
+kcdproxy_responses_total{class=\"none\"} 1
+kcdproxy_responses_total{class=\"1xx\"} 1
+kcdproxy_responses_total{class=\"2xx\"} 2
+kcdproxy_responses_total{class=\"3xx\"} 0
+kcdproxy_responses_total{class=\"4xx\"} 3
+kcdproxy_responses_total{class=\"5xx\"} 1
+# HELP kcdproxy_authenticated_total Requests authenticated, by scheme.
+# TYPE kcdproxy_authenticated_total counter
+kcdproxy_authenticated_total{scheme=\"ntlm\"} 1
+kcdproxy_authenticated_total{scheme=\"negotiate-ntlm\"} 0
+kcdproxy_authenticated_total{scheme=\"negotiate-kerberos\"} 1
+kcdproxy_authenticated_total{scheme=\"basic\"} 1
+# HELP kcdproxy_auth_challenged_total 401 answers by reason (handshake legs included).
+# TYPE kcdproxy_auth_challenged_total counter
+kcdproxy_auth_challenged_total{reason=\"krb_replay\"} 2
+kcdproxy_auth_challenged_total{reason=\"ntlm_wrong_password\"} 1
+# HELP kcdproxy_kdc_unavailable_total 503 answers: the KDC side could not answer.
+# TYPE kcdproxy_kdc_unavailable_total counter
+kcdproxy_kdc_unavailable_total 1
+# HELP kcdproxy_delegated_requests_total Delegated requests by ticket source.
+# TYPE kcdproxy_delegated_requests_total counter
+kcdproxy_delegated_requests_total{ticket=\"hit\"} 1
+kcdproxy_delegated_requests_total{ticket=\"miss\"} 1
+kcdproxy_delegated_requests_total{ticket=\"joined\"} 0
+kcdproxy_delegated_requests_total{ticket=\"none\"} 1
+# HELP kcdproxy_delegation_kdc_wait_seconds_total Time requests waited on the KDC side for tickets.
+# TYPE kcdproxy_delegation_kdc_wait_seconds_total counter
+kcdproxy_delegation_kdc_wait_seconds_total 1.503001
+# HELP kcdproxy_client_connections Client connections open.
+# TYPE kcdproxy_client_connections gauge
+kcdproxy_client_connections 2
+"
+        );
+    }
+
+    #[test]
+    fn a_family_without_samples_still_has_help_and_type() {
+        let mut out = Exposition::new();
+        out.counters("x_total", "Xs.", "reason", Vec::<(&str, u64)>::new());
+        assert_eq!(out.as_str(), "# HELP x_total Xs.\n# TYPE x_total counter\n");
+    }
+
+    #[test]
+    fn summaries_and_seconds() {
+        let mut out = Exposition::new();
+        out.summary("s", "S.", Seconds::from_micros(1_234_567), 12);
+        assert_eq!(
+            out.as_str(),
+            "# HELP s S.\n# TYPE s summary\ns_sum 1.234567\ns_count 12\n"
+        );
+    }
+
+    #[test]
+    fn registry_renders_sources_in_order() {
+        struct Fixed(&'static str, u64);
+        impl Source for Fixed {
+            fn render(&self, out: &mut Exposition) {
+                out.gauge(self.0, "G.", self.1);
+            }
+        }
+        let r = Registry {
+            sources: vec![Arc::new(Fixed("b", 2)), Arc::new(Fixed("a", 1))],
+        };
+        assert_eq!(
+            r.render(),
+            "# HELP b G.\n# TYPE b gauge\nb 2\n# HELP a G.\n# TYPE a gauge\na 1\n"
+        );
     }
 }

@@ -94,7 +94,10 @@ fn no_module_uses_one_on_its_own_floor_or_above() {
             continue;
         }
         let Some(&own) = floors.get(&module) else {
-            wrong.push(format!("{}: module `{module}` is on no floor", file.display()));
+            wrong.push(format!(
+                "{}: module `{module}` is on no floor",
+                file.display()
+            ));
             continue;
         };
         let text = fs::read_to_string(file).expect("read");

@@ -10,6 +10,7 @@
 pub mod identity;
 pub mod kerberos;
 pub mod machine;
+mod metrics;
 pub mod ntlm;
 pub mod services;
 

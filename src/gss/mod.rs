@@ -41,6 +41,7 @@ pub mod cred;
 pub mod der;
 pub mod oid;
 pub mod pool;
+mod pool_metrics;
 pub mod reader;
 pub mod spnego;
 pub mod status;

@@ -28,6 +28,7 @@
 mod cache;
 mod delegate;
 mod error;
+mod metrics;
 mod stats;
 mod token;
 

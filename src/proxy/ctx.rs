@@ -9,8 +9,8 @@ use slab::Slab;
 use tokio::sync::Notify;
 
 use crate::accesslog::AccessLog;
-use crate::auth::ntlm::{LocalBackend, NtHashStore, NtlmAcceptor, NtlmConfig, VerifyPolicy};
-use crate::auth::{AuthCtx, AuthServices, IdentityMap};
+use crate::auth::ntlm::NtHashStore;
+use crate::auth::{AuthCtx, AuthServices};
 use crate::backend::{BackendSets, Pool};
 use crate::config::Config;
 use crate::gss::BlockingPool;
@@ -34,40 +34,6 @@ pub struct Shared {
     pub blocking_pool: Option<Arc<BlockingPool>>,
     /// One per worker, by worker id; read by the metrics endpoint.
     pub worker_metrics: Vec<Arc<WorkerMetrics>>,
-}
-
-impl Shared {
-    /// The NTLM names the proxy announces.
-    pub fn ntlm_config(&self) -> NtlmConfig {
-        let a = &self.cfg.auth;
-        NtlmConfig {
-            nb_domain: a.ntlm_domain.clone(),
-            nb_computer: a.ntlm_computer.clone(),
-            dns_domain: a.dns_domain.clone(),
-            dns_computer: format!("{}.{}", a.ntlm_computer.to_ascii_lowercase(), a.dns_domain),
-        }
-    }
-
-    fn auth_ctx(&self) -> AuthCtx {
-        let a = &self.cfg.auth;
-        let ntlm_cfg = self.ntlm_config();
-        // Validated at start-up (runtime::prepare), so this cannot fail here.
-        let ntlm = NtlmAcceptor::new(&ntlm_cfg, VerifyPolicy::default()).ok();
-        AuthCtx {
-            ntlm,
-            local: self
-                .nt_hashes
-                .clone()
-                .map(|s| LocalBackend::new(s, &ntlm_cfg)),
-            map: IdentityMap {
-                domains: a.domain_realm.clone(),
-                default_realm: a.realm.clone(),
-            },
-            basic_realm: a.basic_realm.clone(),
-            basic_over_http: a.basic_over_http,
-            services: Arc::clone(&self.auth_services),
-        }
-    }
 }
 
 /// A live client connection, as the worker's slab records it.
@@ -101,7 +67,7 @@ pub struct WorkerCtx {
 }
 
 impl WorkerCtx {
-    pub fn new(id: usize, shared: Arc<Shared>, log: AccessLog) -> Self {
+    pub fn new(id: usize, shared: Arc<Shared>, log: AccessLog, auth: AuthCtx) -> Self {
         let cfg = &shared.cfg;
         let host_override = cfg
             .routes
@@ -133,7 +99,7 @@ impl WorkerCtx {
             pool: RefCell::new(Pool::new(cfg.backend_pool_size, cfg.timeouts.backend_idle)),
             log,
             metrics: shared.worker_metrics.get(id).cloned().unwrap_or_default(),
-            auth: shared.auth_ctx(),
+            auth,
             conns: RefCell::new(Slab::new()),
             max_conns,
             draining: Cell::new(false),

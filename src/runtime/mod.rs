@@ -2,62 +2,44 @@
 //! own listeners (SO_REUSEPORT), connection slab, buffer pool, backend pool and access-log
 //! buffer. The only cross-thread traffic is the shutdown signal.
 //!
+//! Start-up: [`assemble`] builds the process from its configuration; [`run`] then binds,
+//! spawns and joins. Everything that can fail is tried before the first worker starts, and
+//! every problem is a [`StartError`].
+//!
 //! Shutdown: the first SIGTERM/SIGINT starts a drain: every worker stops accepting (its
 //! listening sockets are shut down, so new connections are refused), idle connections close,
 //! and in-flight requests may finish until `--drain-timeout`. A second signal exits at once.
 
+pub mod assemble;
+mod start_error;
 mod worker;
 
+use std::net::TcpListener;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use tokio::sync::watch;
 
-use crate::accesslog::Sink;
-use crate::auth::ntlm::{NtHashStore, NtlmAcceptor, VerifyPolicy};
-use crate::auth::AuthServices;
-use crate::config::{Config, Scheme};
-use crate::gss::BlockingPool;
-use crate::kcd::{DelegationConfig, Delegator};
-use crate::metrics::{self, Registry, WorkerMetrics};
+pub use start_error::{StartError, StartErrors};
+
+use crate::config::Config;
+use crate::metrics;
 use crate::net::listener::bind_reuseport;
 use crate::proxy::ctx::Shared;
-use crate::tls;
 
 /// Builds everything that can fail at start-up (TLS configs, log file, listening sockets)
 /// before any worker starts, then runs the workers until they have drained.
-pub fn run(cfg: Config) -> Result<(), Vec<String>> {
+pub fn run(cfg: Config) -> Result<(), StartErrors> {
     let shared = Arc::new(prepare(cfg)?);
     let cfg = &shared.cfg;
-    let sink = Sink::open(&cfg.access_log)
-        .map_err(|e| vec![format!("access log {:?}: {e}", cfg.access_log)])?;
-
-    // Every worker binds its own socket per listener, so a port conflict is reported now.
-    let mut sockets = Vec::with_capacity(cfg.workers);
-    for _ in 0..cfg.workers {
-        let mut mine = Vec::new();
-        for l in &cfg.listeners {
-            let s = bind_reuseport(l.addr, 4096)
-                .map_err(|e| vec![format!("listen {}: {e}", l.addr)])?;
-            mine.push((s, l.tls));
-        }
-        sockets.push(mine);
-    }
-
+    let sink = assemble::access_log(cfg)?;
+    let sockets = bind(cfg)?;
     if let Some(addr) = cfg.metrics_listen {
-        let listener =
-            metrics::bind(addr).map_err(|e| vec![format!("--metrics-listen {addr}: {e}")])?;
-        let registry = Registry {
-            workers: shared.worker_metrics.clone(),
-            blocking_pool: shared.blocking_pool.clone(),
-            auth: shared.auth_services.clone(),
-            extra: shared.delegator.clone().map(|d| {
-                Box::new(move |s: &mut String| render_delegation(&d, s)) as metrics::ExtraRender
-            }),
-        };
-        metrics::serve(listener, Arc::new(registry))
-            .map_err(|e| vec![format!("metrics thread: {e}")])?;
+        let listener = metrics::bind(addr)
+            .map_err(|e| StartError::new(format!("--metrics-listen {addr}"), e))?;
+        metrics::serve(listener, Arc::new(assemble::registry(&shared)))
+            .map_err(|e| StartError::new("metrics thread", e))?;
     }
-
     let (stop_tx, stop_rx) = watch::channel(false);
     spawn_signal_thread(stop_tx)?;
 
@@ -70,7 +52,7 @@ pub fn run(cfg: Config) -> Result<(), Vec<String>> {
         let t = std::thread::Builder::new()
             .name(format!("kcd-worker-{id}"))
             .spawn(move || worker::run(id, cpu, listeners, shared, sink, stop))
-            .map_err(|e| vec![format!("spawning worker {id}: {e}")])?;
+            .map_err(|e| StartError::new(format!("spawning worker {id}"), e))?;
         threads.push(t);
     }
     tracing::info!(
@@ -78,142 +60,48 @@ pub fn run(cfg: Config) -> Result<(), Vec<String>> {
         listeners = ?cfg.listeners.iter().map(|l| (l.addr, l.tls)).collect::<Vec<_>>(),
         "kcdproxy started"
     );
-    let mut failed = Vec::new();
+    join(threads)?;
+    tracing::info!("kcdproxy stopped");
+    Ok(())
+}
+
+/// The shared state, fully built (see [`assemble::shared`]); `--check-config` stops here.
+pub fn prepare(cfg: Config) -> Result<Shared, StartErrors> {
+    assemble::shared(cfg)
+}
+
+/// Every worker binds its own socket per listener, so a port conflict is reported now.
+fn bind(cfg: &Config) -> Result<Vec<Vec<(TcpListener, bool)>>, StartError> {
+    let mut sockets = Vec::with_capacity(cfg.workers);
+    for _ in 0..cfg.workers {
+        let mut mine = Vec::new();
+        for l in &cfg.listeners {
+            let s = bind_reuseport(l.addr, 4096)
+                .map_err(|e| StartError::new(format!("listen {}", l.addr), e))?;
+            mine.push((s, l.tls));
+        }
+        sockets.push(mine);
+    }
+    Ok(sockets)
+}
+
+/// Waits for every worker to finish its drain; reports each one that failed.
+fn join(threads: Vec<JoinHandle<Result<(), String>>>) -> Result<(), StartErrors> {
+    let mut failed = StartErrors::default();
     for (id, t) in threads.into_iter().enumerate() {
         match t.join() {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => failed.push(format!("worker {id}: {e}")),
-            Err(_) => failed.push(format!("worker {id} panicked")),
+            Ok(Err(e)) => failed.push(StartError::new(format!("worker {id}"), e)),
+            Err(_) => failed.push(StartError::bare(format!("worker {id} panicked"))),
         }
     }
-    if failed.is_empty() {
-        tracing::info!("kcdproxy stopped");
-        Ok(())
-    } else {
-        Err(failed)
-    }
+    failed.or_ok(())
 }
 
-/// Loads certificates and keys and builds the TLS configurations, reporting every problem.
-pub fn prepare(cfg: Config) -> Result<Shared, Vec<String>> {
-    let mut errs = Vec::new();
-    let tls_server = if cfg.listeners.iter().any(|l| l.tls) || !cfg.tls_certs.is_empty() {
-        match tls::server_config(&cfg.tls_certs) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                errs.extend(e);
-                None
-            }
-        }
-    } else {
-        None
-    };
-    let https = cfg
-        .routes
-        .routes()
-        .iter()
-        .flat_map(|r| &r.backends)
-        .any(|b| b.scheme == Scheme::Https);
-    let tls_client = if https {
-        match tls::client_config(cfg.backend_ca.as_deref()) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                errs.push(e);
-                None
-            }
-        }
-    } else {
-        None
-    };
-    let nt_hashes = match &cfg.auth.ntlm_hash_file {
-        Some(p) => match NtHashStore::load(p) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                errs.push(format!("--ntlm-hash-file `{}`: {e}", p.display()));
-                None
-            }
-        },
-        None => None,
-    };
-    if !errs.is_empty() {
-        return Err(errs);
-    }
-    let workers = cfg.workers;
-    let a = &cfg.auth;
-    let blocking_pool = if a.kerberos.is_some() || a.winbind.is_some() {
-        match BlockingPool::new(a.kdc.threads, a.kdc.queue) {
-            Ok(p) => Some(Arc::new(p)),
-            Err(e) => return Err(vec![format!("KDC pool threads: {e}")]),
-        }
-    } else {
-        None
-    };
-    let mut shared = Shared {
-        cfg,
-        tls_server,
-        tls_client,
-        nt_hashes,
-        auth_services: Arc::new(AuthServices::none()),
-        delegator: None,
-        blocking_pool,
-        worker_metrics: (0..workers)
-            .map(|_| Arc::new(WorkerMetrics::default()))
-            .collect(),
-    };
-    let ntlm_config = shared.ntlm_config();
-    if let Err(e) = NtlmAcceptor::new(&ntlm_config, VerifyPolicy::default()) {
-        return Err(vec![format!(
-            "NTLM names (--ntlm-domain/--ntlm-computer/--dns-domain): {e}"
-        )]);
-    }
-    // Blocking (keytab, the proxy's TGT, winbind helpers): fine here, before any core runs.
-    shared.auth_services = Arc::new(AuthServices::new(
-        &shared.cfg,
-        &ntlm_config,
-        shared.blocking_pool.clone(),
-    )?);
-    // Constrained delegation: the proxy logs in from its keytab now (BLOCKING, start-up
-    // only), so a wrong keytab or login is a start-up error, not a 5xx per request.
-    let delegating = shared
-        .cfg
-        .routes
-        .routes()
-        .iter()
-        .any(|r| r.options.spn.is_some());
-    if let (true, Some(k), Some(pool)) = (
-        delegating,
-        shared.cfg.auth.kerberos.as_ref(),
-        shared.blocking_pool.as_ref(),
-    ) {
-        let Some(login) = &k.login else {
-            return Err(vec!["spn= routes need --kerberos-login".into()]);
-        };
-        let kdc = &shared.cfg.auth.kdc;
-        let dc = DelegationConfig {
-            keytab: k.keytab.clone(),
-            login: login.clone(),
-            kdc_timeout: kdc.timeout,
-            refresh_ahead: kdc.refresh_ahead,
-            negative_ttl: kdc.negative_ttl,
-            max_entries: kdc.ticket_cache_size,
-        };
-        match Delegator::new(dc, Arc::clone(pool)) {
-            Ok(d) => shared.delegator = Some(Arc::new(d)),
-            Err(e) => {
-                return Err(vec![format!(
-                    "delegation: logging in as {login} from {}: {e}",
-                    k.keytab.display()
-                )])
-            }
-        }
-    }
-    Ok(shared)
-}
-
-fn spawn_signal_thread(stop: watch::Sender<bool>) -> Result<(), Vec<String>> {
+fn spawn_signal_thread(stop: watch::Sender<bool>) -> Result<(), StartError> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
-        .map_err(|e| vec![format!("signal handler: {e}")])?;
+        .map_err(|e| StartError::new("signal handler", e))?;
     std::thread::Builder::new()
         .name("kcd-signals".into())
         .spawn(move || {
@@ -232,84 +120,6 @@ fn spawn_signal_thread(stop: watch::Sender<bool>) -> Result<(), Vec<String>> {
                 }
             }
         })
-        .map_err(|e| vec![format!("signal thread: {e}")])?;
+        .map_err(|e| StartError::new("signal thread", e))?;
     Ok(())
-}
-
-/// The delegation engine's own counters, for the metrics endpoint.
-fn render_delegation(d: &Delegator, s: &mut String) {
-    use std::fmt::Write as _;
-    let st = d.stats();
-    let counters = [
-        (
-            "ticket_cache_hits_total",
-            "Tokens built from a cached ticket.",
-            st.hits,
-        ),
-        (
-            "ticket_cache_misses_total",
-            "Requests that led a KDC exchange.",
-            st.misses,
-        ),
-        (
-            "ticket_cache_joined_total",
-            "Requests that waited for another request's exchange.",
-            st.joined,
-        ),
-        (
-            "ticket_refreshes_total",
-            "Background ticket refreshes started.",
-            st.refreshes,
-        ),
-        (
-            "kdc_s4u2self_total",
-            "S4U2Self requests sent to the KDC.",
-            st.s4u2self,
-        ),
-        (
-            "kdc_s4u2proxy_total",
-            "S4U2Proxy requests sent to the KDC.",
-            st.s4u2proxy,
-        ),
-        (
-            "kdc_refusals_total",
-            "Delegation refusals from the KDC.",
-            st.refusals,
-        ),
-        (
-            "ticket_negative_hits_total",
-            "Refusals answered from the negative cache.",
-            st.negative_hits,
-        ),
-        (
-            "kdc_errors_total",
-            "KDC side unavailable (pool full or timed out, KDC unreachable).",
-            st.kdc_errors,
-        ),
-        (
-            "proxy_logins_total",
-            "Logins of the proxy itself (start-up and renewals).",
-            st.proxy_logins,
-        ),
-    ];
-    for (name, help, v) in counters {
-        let _ = writeln!(
-            s,
-            "# HELP kcdproxy_{name} {help}\n# TYPE kcdproxy_{name} counter\nkcdproxy_{name} {v}"
-        );
-    }
-    let _ = writeln!(
-        s,
-        "# HELP kcdproxy_ticket_cache_entries (user, SPN) entries cached.\n\
-         # TYPE kcdproxy_ticket_cache_entries gauge\nkcdproxy_ticket_cache_entries {}",
-        st.entries
-    );
-    let _ = writeln!(
-        s,
-        "# HELP kcdproxy_kdc_latency_seconds KDC exchanges for delegated tickets.\n\
-         # TYPE kcdproxy_kdc_latency_seconds summary\n\
-         kcdproxy_kdc_latency_seconds_sum {:.6}\nkcdproxy_kdc_latency_seconds_count {}",
-        st.kdc_latency_us_sum as f64 / 1e6,
-        st.kdc_latency_count
-    );
 }

@@ -32,7 +32,8 @@ pub fn run(
     let drain_timeout = shared.cfg.timeouts.drain;
     let log = AccessLog::new(sink, shared.cfg.access_log_format);
     tokio_uring::start(async move {
-        let ctx = Rc::new(WorkerCtx::new(id, shared, log));
+        let auth = super::assemble::auth_ctx(&shared);
+        let ctx = Rc::new(WorkerCtx::new(id, shared, log, auth));
         let mut fds = Vec::new();
         for (l, tls) in listeners {
             fds.push(l.as_raw_fd());
