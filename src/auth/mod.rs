@@ -1,6 +1,7 @@
 //! Authentication of clients: the per-connection state machine ([`machine`]), the mechanisms it
 //! drives ([`ntlm`], [`kerberos`], Basic), the process-wide services that run blocking checks
-//! ([`services`]), and the [`identity::Identity`] that only this module can mint.
+//! ([`services`]), and the [`identity::Identity`] that only this module can mint. `metrics`
+//! renders the services' counters.
 //!
 //! Stands on [`crate::gss`] (the blocking pool, credentials, the SPNEGO codec) and knows
 //! nothing of delegation (`kcd`): what it hands on is an [`Identity`], with the client's

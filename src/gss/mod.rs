@@ -8,7 +8,7 @@
 //!   A tokio-uring core thread that made such a call would stall every connection it owns, so
 //!   all of them go through [`BlockingPool`]: a few named threads, a bounded queue, a deadline
 //!   per call that the core enforces, and `QueueFull` instead of waiting when it is saturated.
-//!   One pool serves all cores (`Arc<BlockingPool>`).
+//!   One pool serves all cores (`Arc<BlockingPool>`); `pool_metrics` renders its gauges.
 //! - **Credentials and contexts** ([`cred`], [`context`], [`tickets`]): credentials from an
 //!   explicit store or a password, the client credential an acceptor keeps
 //!   ([`DelegatedCred`]), the first step of a krb5 client context, and the tickets' flags and

@@ -21,7 +21,7 @@
 //!   (user, SPN), refresh ahead of expiry, negative cache of refusals, size bound.
 //! - `token`: the backend token ([`BackendToken`]) and mutual authentication of the backend.
 //! - `error`: [`DelegationError`] and the mapping of KDC failures onto it.
-//! - `stats`: the engine's counters ([`DelegationStats`]).
+//! - `stats`: the engine's counters ([`DelegationStats`]); `metrics`: their Prometheus text.
 
 #![forbid(unsafe_code)]
 
