@@ -32,47 +32,26 @@ use crate::tls;
 /// after that depend on each other and stop at the first problem.
 pub fn shared(cfg: Config) -> Result<Shared, StartErrors> {
     let mut errs = StartErrors::default();
-    let tls_server = if cfg.listeners.iter().any(|l| l.tls) || !cfg.tls_certs.is_empty() {
-        match tls::server_config(&cfg.tls_certs) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                errs.extend(StartErrors::from(e));
-                None
-            }
-        }
-    } else {
-        None
-    };
+    let serves_tls = cfg.listeners.iter().any(|l| l.tls) || !cfg.tls_certs.is_empty();
+    let tls_server = serves_tls
+        .then(|| errs.keep(tls::server_config(&cfg.tls_certs)))
+        .flatten();
     let https = cfg
         .routes
         .routes()
         .iter()
         .flat_map(|r| &r.backends)
         .any(|b| b.scheme == Scheme::Https);
-    let tls_client = if https {
-        match tls::client_config(cfg.backend_ca.as_deref()) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                errs.push(StartError::from_message(e));
-                None
-            }
-        }
-    } else {
-        None
-    };
-    let nt_hashes = match &cfg.auth.ntlm_hash_file {
-        Some(p) => match NtHashStore::load(p) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                errs.push(StartError::new(
-                    format!("--ntlm-hash-file `{}`", p.display()),
-                    e,
-                ));
-                None
-            }
-        },
-        None => None,
-    };
+    let tls_client = https
+        .then(|| {
+            let r = tls::client_config(cfg.backend_ca.as_deref());
+            errs.keep(r.map_err(StartError::from_message))
+        })
+        .flatten();
+    let nt_hashes = cfg.auth.ntlm_hash_file.as_ref().and_then(|p| {
+        let r = NtHashStore::load(p);
+        errs.keep(r.map_err(|e| StartError::new(format!("--ntlm-hash-file `{}`", p.display()), e)))
+    });
     errs.or_ok(())?;
 
     let a = &cfg.auth;

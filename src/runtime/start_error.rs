@@ -67,6 +67,18 @@ impl StartErrors {
         self.0.push(e);
     }
 
+    /// The value of `r`, or `None` with its errors recorded: for steps that are all tried
+    /// before failing, so every problem is reported at once.
+    pub fn keep<T, E: Into<StartErrors>>(&mut self, r: Result<T, E>) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.extend(e.into());
+                None
+            }
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
