@@ -357,7 +357,7 @@ impl AuthCtx {
                         _ => state.message().to_vec(),
                     };
                     let header = match via {
-                        Via::Ntlm => scheme_header("NTLM", &token),
+                        Via::Ntlm => authz::join("NTLM", &token),
                         _ => neg_header(&token),
                     };
                     *conn = ConnAuth::NtlmChallenged(Box::new(Challenged {
@@ -644,14 +644,6 @@ fn decode_b64(token: &[u8]) -> Option<Vec<u8>> {
     B64.decode(token).ok()
 }
 
-fn scheme_header(scheme: &str, token: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(scheme.len() + 1 + token.len() * 4 / 3 + 4);
-    v.extend_from_slice(scheme.as_bytes());
-    v.push(b' ');
-    v.extend_from_slice(B64.encode(token).as_bytes());
-    v
-}
-
 fn neg_header(token: &[u8]) -> Vec<u8> {
-    scheme_header("Negotiate", token)
+    authz::join("Negotiate", token)
 }

@@ -57,6 +57,24 @@ pub fn split(value: &[u8]) -> Credentials<'_> {
     }
 }
 
+/// `scheme <base64 token>`: the value of an `Authorization` or `WWW-Authenticate` header that
+/// carries a binary token (NTLM, Negotiate), the inverse of [`split`] and a base64 decode.
+pub fn join(scheme: &str, token: &[u8]) -> Vec<u8> {
+    use base64::Engine as _;
+    let b64_len = base64::encoded_len(token.len(), true).unwrap_or(0);
+    let mut v = Vec::with_capacity(scheme.len() + 1 + b64_len);
+    v.extend_from_slice(scheme.as_bytes());
+    v.push(b' ');
+    let start = v.len();
+    v.resize(start + b64_len, 0);
+    // The length was computed for exactly this encoding, so the slice always fits.
+    let n = base64::engine::general_purpose::STANDARD
+        .encode_slice(token, &mut v[start..])
+        .unwrap_or(0);
+    v.truncate(start + n);
+    v
+}
+
 /// Whether `value` uses a connection-bound scheme (NTLM or Negotiate).
 pub fn is_connection_bound(value: &[u8]) -> bool {
     split(value).scheme.is_connection_bound()
@@ -84,6 +102,20 @@ mod tests {
             assert_eq!(c.token, *token, "{:?}", String::from_utf8_lossy(value));
         }
         assert_eq!(split(b"Bearer x").scheme_text, b"Bearer");
+    }
+
+    #[test]
+    fn join_is_the_inverse_of_split() {
+        assert_eq!(join("Negotiate", b"\x60\x82"), b"Negotiate YII=");
+        assert_eq!(join("NTLM", b""), b"NTLM ");
+        for token in [&b"abc"[..], b"abcd", b"\0\xff\x10"] {
+            let v = join("NTLM", token);
+            let c = split(&v);
+            assert_eq!(c.scheme, Scheme::Ntlm);
+            use base64::Engine as _;
+            let back = base64::engine::general_purpose::STANDARD.decode(c.token).unwrap();
+            assert_eq!(back, token);
+        }
     }
 
     #[test]

@@ -121,11 +121,7 @@ impl BackendToken {
 
 /// `Negotiate <base64 token>`: the value of the backend request's `Authorization` header.
 pub(super) fn header_value(token: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(10 + token.len().div_ceil(3) * 4);
-    v.extend_from_slice(b"Negotiate ");
-    let b64 = base64::engine::general_purpose::STANDARD.encode(token);
-    v.extend_from_slice(b64.as_bytes());
-    v
+    authz::join("Negotiate", token)
 }
 
 #[cfg(test)]
