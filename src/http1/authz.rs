@@ -113,7 +113,9 @@ mod tests {
             let c = split(&v);
             assert_eq!(c.scheme, Scheme::Ntlm);
             use base64::Engine as _;
-            let back = base64::engine::general_purpose::STANDARD.decode(c.token).unwrap();
+            let back = base64::engine::general_purpose::STANDARD
+                .decode(c.token)
+                .unwrap();
             assert_eq!(back, token);
         }
     }
