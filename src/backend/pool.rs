@@ -118,7 +118,7 @@ impl Pool {
     /// client's bound connection when it is for the same backend and the same `user` (a client
     /// that re-authenticated as someone else never inherits the previous user's connection;
     /// a mismatched bound connection is closed), else the pool's. `fresh` skips reuse (a retry
-    /// after a stale connection). `retryable`: see [`Pool::take`].
+    /// after a stale connection). `retryable`: see `Pool::take`.
     pub fn checkout(
         &mut self,
         private: &mut Private,

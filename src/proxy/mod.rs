@@ -1,5 +1,5 @@
 //! The phases of a client connection, fixed and in one place. Each phase is a function in its
-//! own file, over the request's [`Session`]:
+//! own file, over the request's `Session`:
 //!
 //! ```text
 //! read_head ─► route ─► authenticate ─┬─► (401 answered: challenge) ─────────────────► log
@@ -11,16 +11,16 @@
 //!                                                                             ─► log ─► keep-alive?
 //! ```
 //!
-//! - [`read_head`]: reads a complete request head under the header/idle timeouts.
-//! - [`route`]: framing, the route for host and path, and which of its backends serves.
-//! - [`authenticate`]: the auth module's verdict; [`challenge`] answers a 401 without losing
+//! - `read_head`: reads a complete request head under the header/idle timeouts.
+//! - `route`: framing, the route for host and path, and which of its backends serves.
+//! - `authenticate`: the auth module's verdict; `challenge` answers a 401 without losing
 //!   the connection the NTLM handshake needs.
-//! - [`forward`]: the backend leg: a connection from the pool ([`crate::backend`]), the user's
-//!   ticket ([`ticket`]), the head, then both bodies at once ([`pump`] ║ [`relay`]); a failed
-//!   attempt is retried only as [`retry`] says.
-//! - [`log`]: the access-log line and the metrics; [`respond`]: every error's answer.
+//! - `forward`: the backend leg: a connection from the pool ([`crate::backend`]), the user's
+//!   ticket (`ticket`), the head, then both bodies at once (`pump` ║ `relay`); a failed
+//!   attempt is retried only as `retry` says.
+//! - `log`: the access-log line and the metrics; `respond`: every error's answer.
 //!
-//! Connection state ([`Client`]) is kept apart from request state ([`Session`]): the head
+//! Connection state (`Client`) is kept apart from request state (`Session`): the head
 //! buffer, the count of requests, the authentication state and a backend connection bound to
 //! this client (connection-bound authentication passed through) live as long as the TCP
 //! connection; everything else lives for one request.
