@@ -24,7 +24,7 @@ pub use start_error::{StartError, StartErrors};
 
 use crate::config::Config;
 use crate::metrics;
-use crate::net::listener::bind_reuseport;
+use crate::net::{self, listener::bind_reuseport};
 use crate::proxy::ctx::Shared;
 
 /// Builds everything that can fail at start-up (TLS configs, log file, listening sockets)
@@ -65,9 +65,17 @@ pub fn run(cfg: Config) -> Result<(), StartErrors> {
     Ok(())
 }
 
-/// The shared state, fully built (see [`assemble::shared`]); `--check-config` stops here.
+/// The shared state, fully built (see [`assemble::shared`]), once io_uring is known to be
+/// available; `--check-config` stops here. An io_uring problem is reported with the
+/// configuration's, so one pass shows everything to fix.
 pub fn prepare(cfg: Config) -> Result<Shared, StartErrors> {
-    assemble::shared(cfg)
+    let mut errs = StartErrors::default();
+    errs.keep(net::uring_available().map_err(|e| StartError::uring_unavailable(&e)));
+    let shared = errs.keep(assemble::shared(cfg));
+    match shared {
+        Some(shared) if errs.is_empty() => Ok(shared),
+        _ => Err(errs),
+    }
 }
 
 /// Every worker binds its own socket per listener, so a port conflict is reported now.
