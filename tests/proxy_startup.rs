@@ -131,3 +131,43 @@ fn the_same_configuration_starts_where_io_uring_is_allowed() {
         text(&out.stdout)
     );
 }
+
+#[test]
+fn help_lists_every_route_option_the_parser_accepts() {
+    let out = Command::new(common::proxy::binary())
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let help = text(&out.stdout);
+    // The parser refuses any option name that is not in this table (config::route's unit
+    // tests), so the table is what the parser accepts.
+    let options = kcdproxy::config::route::ROUTE_OPTIONS;
+    assert!(options.len() >= 6, "{options:?}");
+    for o in options {
+        let lines: Vec<&str> = help
+            .lines()
+            .filter(|l| l.trim_start().starts_with(&format!("{}=", o.name)))
+            .collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "one line for {}= in --help:\n{help}",
+            o.name
+        );
+        assert!(lines[0].contains(o.help), "{}", lines[0]);
+    }
+    for name in [
+        "auth",
+        "spn",
+        "send-auth",
+        "channel-binding",
+        "auth-ua",
+        "host",
+    ] {
+        assert!(
+            options.iter().any(|o| o.name == name),
+            "{name} is a documented route option"
+        );
+    }
+}
