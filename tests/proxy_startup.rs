@@ -171,3 +171,72 @@ fn help_lists_every_route_option_the_parser_accepts() {
         );
     }
 }
+
+/// The `kcdproxy: ` lines of a failed run's stderr.
+fn problems(out: &Output) -> Vec<String> {
+    text(&out.stderr)
+        .lines()
+        .filter_map(|l| l.strip_prefix("kcdproxy: "))
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn check_config_reports_every_listen_address_that_cannot_be_bound_with_the_file_problems() {
+    // Two ports held by sockets without SO_REUSEPORT (another program), one free.
+    let taken_a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = taken_a.local_addr().unwrap();
+    let b = taken_b.local_addr().unwrap();
+    let [free] = common::free_ports::<1>();
+    let dir = common::TempDir::new("check-config");
+    let empty = dir.join("empty.pem");
+    std::fs::write(&empty, b"").unwrap();
+    let missing = dir.join("missing.pem");
+
+    // A file problem found while validating the flags (a missing certificate), and one found
+    // while loading them (a key file with no key in it): the listeners are reported with each.
+    for (cert, file_problem) in [
+        (&missing, format!("cannot read `{}`", missing.display())),
+        (&empty, format!("no certificate in {}", empty.display())),
+    ] {
+        let out = Command::new(common::proxy::binary())
+            .arg("--check-config")
+            .args(["--listen", &a.to_string()])
+            .args(["--listen", &format!("127.0.0.1:{free}")])
+            .args(["--listen-tls", &b.to_string()])
+            .args(["--tls-cert", cert.to_str().unwrap()])
+            .args(["--tls-key", empty.to_str().unwrap()])
+            .args(["--route", "/=http://127.0.0.1:9"])
+            .output()
+            .unwrap();
+        let p = problems(&out);
+        assert_eq!(out.status.code(), Some(2), "{p:#?}");
+        assert!(!text(&out.stdout).contains("configuration OK"));
+        assert!(p.iter().any(|l| l.starts_with(&file_problem)), "{p:#?}");
+        for taken in [a, b] {
+            let want = format!("listen {taken}: Address already in use");
+            assert_eq!(
+                p.iter().filter(|l| l.starts_with(&want)).count(),
+                1,
+                "{want}: {p:#?}"
+            );
+        }
+        assert!(
+            !p.iter().any(|l| l.contains(&format!(":{free}"))),
+            "the free address is fine: {p:#?}"
+        );
+    }
+}
+
+#[test]
+fn check_config_beside_a_running_proxy_does_not_count_its_ports_as_taken() {
+    let running = common::proxy::Proxy::start(&["--route", "/=http://127.0.0.1:9"]);
+    let out = Command::new(common::proxy::binary())
+        .args(["--check-config", "--listen", &running.addr().to_string()])
+        .args(["--route", "/=http://127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:#?}", problems(&out));
+    assert!(text(&out.stdout).contains("configuration OK"));
+}

@@ -266,7 +266,8 @@ pub struct Flags {
     #[arg(long = "log-level", value_name = "FILTER", default_value = "info")]
     pub log_level: String,
 
-    /// Validate the configuration (flags, files, certificates), report every problem, and exit.
+    /// Validate the configuration (flags, files, certificates, io_uring, that every --listen and
+    /// --listen-tls address can be bound), report every problem, and exit.
     #[arg(long = "check-config")]
     pub check_config: bool,
 }
