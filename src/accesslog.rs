@@ -192,32 +192,62 @@ fn format_text(out: &mut Vec<u8>, e: &Entry<'_>) {
 }
 
 /// Bare when safe, else quoted with `\"`, `\\` and `\xNN` escapes: a log line can never be
-/// split or forged by request bytes.
+/// split or forged by request bytes. Valid UTF-8 is written as is (`user=müller`, not its
+/// bytes escaped one by one), except characters that could hide or rearrange text on an
+/// admin's terminal ([`hides_text`]), which are escaped byte by byte like invalid UTF-8; the
+/// escapes keep the original bytes recoverable.
 fn text_value(s: &mut String, v: &[u8]) {
     if v.is_empty() {
         s.push('-');
         return;
     }
-    let bare = v
-        .iter()
-        .all(|&b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+    let bare = v.utf8_chunks().all(|c| {
+        c.invalid().is_empty()
+            && c.valid().chars().all(|ch| {
+                if ch.is_ascii() {
+                    ch.is_ascii_graphic() && ch != '"' && ch != '\\'
+                } else {
+                    // Unicode spaces would make the value look like two fields.
+                    !ch.is_whitespace() && !hides_text(ch)
+                }
+            })
+    });
     if bare {
-        // All bytes are ASCII graphic.
+        // Valid UTF-8 throughout (checked above).
         s.push_str(std::str::from_utf8(v).unwrap_or("-"));
         return;
     }
     s.push('"');
-    for &b in v {
-        match b {
-            b'"' => s.push_str("\\\""),
-            b'\\' => s.push_str("\\\\"),
-            b' '..=b'~' => s.push(b as char),
-            _ => {
-                let _ = write!(s, "\\x{b:02x}");
+    for chunk in v.utf8_chunks() {
+        for ch in chunk.valid().chars() {
+            match ch {
+                '"' => s.push_str("\\\""),
+                '\\' => s.push_str("\\\\"),
+                _ if hides_text(ch) => {
+                    for b in ch.encode_utf8(&mut [0; 4]).bytes() {
+                        let _ = write!(s, "\\x{b:02x}");
+                    }
+                }
+                _ => s.push(ch),
             }
+        }
+        for b in chunk.invalid() {
+            let _ = write!(s, "\\x{b:02x}");
         }
     }
     s.push('"');
+}
+
+/// Characters never written raw in either format: control characters (C0, DEL, C1: a line
+/// break or a terminal escape sequence), the Unicode line and paragraph separators, and the
+/// zero-width and bidirectional formatting characters that make text read differently from
+/// what it is (the "Trojan Source" attack, CVE-2021-42574; Unicode UAX #9).
+fn hides_text(ch: char) -> bool {
+    ch.is_control()
+        || matches!(
+            ch,
+            '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}'
+        )
 }
 
 fn format_json(out: &mut Vec<u8>, e: &Entry<'_>) {
@@ -279,17 +309,32 @@ fn opt_json(s: &mut String, v: Option<&str>) {
     }
 }
 
+/// A JSON string (RFC 8259 §7) of request bytes. JSON text is Unicode (RFC 8259 §8.1): valid
+/// UTF-8 is written as is; each maximal invalid sequence becomes U+FFFD, as
+/// `String::from_utf8_lossy` does, because a `\u00NN` escape per byte would name a different
+/// character (`\u00c3\u00bc` is "Ã¼", not "ü"). Besides `"` and `\`, which RFC 8259 requires
+/// escaped along with U+0000..U+001F, every [`hides_text`] character is escaped as `\uXXXX`,
+/// so a JSON line viewed raw shows no control or bidirectional characters.
 fn json_str(s: &mut String, v: &[u8]) {
     s.push('"');
-    for &b in v {
-        match b {
-            b'"' => s.push_str("\\\""),
-            b'\\' => s.push_str("\\\\"),
-            b' '..=b'~' => s.push(b as char),
-            // Non-ASCII request bytes are not necessarily UTF-8: escape each byte.
-            _ => {
-                let _ = write!(s, "\\u{:04x}", b);
+    for chunk in v.utf8_chunks() {
+        for ch in chunk.valid().chars() {
+            match ch {
+                '"' => s.push_str("\\\""),
+                '\\' => s.push_str("\\\\"),
+                '\n' => s.push_str("\\n"),
+                '\r' => s.push_str("\\r"),
+                '\t' => s.push_str("\\t"),
+                // Every character that needs escaping is in the Basic Multilingual Plane, so
+                // one `\uXXXX` escape (no surrogate pair) names it.
+                _ if hides_text(ch) => {
+                    let _ = write!(s, "\\u{:04x}", ch as u32);
+                }
+                _ => s.push(ch),
             }
+        }
+        if !chunk.invalid().is_empty() {
+            s.push(char::REPLACEMENT_CHARACTER);
         }
     }
     s.push('"');
@@ -370,7 +415,111 @@ mod tests {
         };
         format_json(&mut out, &e);
         let line = String::from_utf8(out).unwrap();
-        assert!(line.contains(r#""path":"/\u00ff""#), "{line}");
+        // 0xff is not UTF-8: one replacement character, not "ÿ" (U+00FF).
+        assert!(line.contains("\"path\":\"/\u{fffd}\""), "{line}");
         assert!(line.contains(r#""reason":"backend_connect""#), "{line}");
+    }
+
+    /// The JSON line of `e`, checked to be one line, parsed back.
+    fn json_of(e: &Entry<'_>) -> serde_json::Value {
+        let mut out = Vec::new();
+        format_json(&mut out, e);
+        let line = String::from_utf8(out).expect("a JSON line is UTF-8");
+        assert_eq!(line.matches('\n').count(), 1, "{line}");
+        assert!(line.ends_with('\n'), "{line}");
+        assert!(
+            !line.trim_end_matches('\n').chars().any(hides_text),
+            "no raw control or bidi character: {line:?}"
+        );
+        serde_json::from_str(&line).unwrap_or_else(|err| panic!("{err}: {line}"))
+    }
+
+    #[test]
+    fn json_keeps_valid_utf8_and_replaces_invalid_bytes() {
+        let path: &[u8] = "/café/日本/😀?q=ü".as_bytes();
+        let j = json_of(&Entry {
+            method: b"GET",
+            path,
+            status: 200,
+            user: Some("EXAMPLE\\müller"),
+            principal: Some("müller@EXAMPLE.TEST"),
+            delegation: Some(Delegation {
+                spn: "HTTP/bäckend.example.test",
+                ticket: "miss",
+                kdc: None,
+            }),
+            ..Default::default()
+        });
+        assert_eq!(j["path"], "/café/日本/😀?q=ü");
+        assert_eq!(j["user"], "EXAMPLE\\müller");
+        assert_eq!(j["principal"], "müller@EXAMPLE.TEST");
+        assert_eq!(j["spn"], "HTTP/bäckend.example.test");
+
+        // Each maximal invalid sequence is one U+FFFD, as String::from_utf8_lossy does: a lone
+        // 0xff, a truncated "é" (0xc3 at the end), an overlong "/" (0xc0 0xaf: two).
+        let bad: &[u8] = b"/a\xffb/\xc0\xafc/\xc3";
+        let j = json_of(&Entry {
+            method: b"GET",
+            path: bad,
+            ..Default::default()
+        });
+        assert_eq!(j["path"], "/a\u{fffd}b/\u{fffd}\u{fffd}c/\u{fffd}");
+        assert_eq!(j["path"], *String::from_utf8_lossy(bad));
+    }
+
+    #[test]
+    fn json_escapes_what_could_split_or_disguise_a_line() {
+        let path = "/\"q\"\\\r\n\t\u{0}\u{1b}[31m\u{7f}\u{85}\u{2028}\u{202e}txt.exe\u{feff}";
+        let j = json_of(&Entry {
+            method: b"GET",
+            path: path.as_bytes(),
+            detail: Some("a\nb"),
+            ..Default::default()
+        });
+        // Escaped on the line (checked by json_of), the same string once parsed.
+        assert_eq!(j["path"], path);
+        assert_eq!(j["detail"], "a\nb");
+    }
+
+    #[test]
+    fn text_keeps_valid_utf8_and_escapes_invalid_bytes() {
+        let mut out = Vec::new();
+        let e = Entry {
+            method: b"GET",
+            path: b"/caf\xc3\xa9/\xff",
+            status: 200,
+            user: Some("müller"),
+            principal: Some("müller@EXAMPLE.TEST"),
+            detail: Some("für alle"),
+            ..Default::default()
+        };
+        format_text(&mut out, &e);
+        let line = String::from_utf8(out).unwrap();
+        // Valid UTF-8 stays bare when it has no space, quote or backslash.
+        assert!(line.contains(" user=müller "), "{line}");
+        assert!(line.contains(" principal=müller@EXAMPLE.TEST"), "{line}");
+        // Invalid bytes keep the text format's \xNN escape (lossless), and force quoting.
+        assert!(line.contains(r#" path="/café/\xff" "#), "{line}");
+        assert!(line.contains(r#" detail="für alle""#), "{line}");
+    }
+
+    #[test]
+    fn text_escapes_bidi_controls_and_quotes_unicode_spaces() {
+        let mut out = Vec::new();
+        let e = Entry {
+            method: b"GET",
+            path: "/a\u{202e}b\u{85}".as_bytes(),
+            user: Some("a\u{a0}b"),
+            ..Default::default()
+        };
+        format_text(&mut out, &e);
+        let line = String::from_utf8(out).unwrap();
+        assert_eq!(line.matches('\n').count(), 1, "{line}");
+        assert!(
+            line.contains(r#" path="/a\xe2\x80\xaeb\xc2\x85" "#),
+            "{line}"
+        );
+        // A no-break space would look like a field separator if left bare.
+        assert!(line.contains(" user=\"a\u{a0}b\" "), "{line}");
     }
 }

@@ -29,7 +29,7 @@ pub struct Flags {
     /// A route (repeatable): `[HOST]/PATH-PREFIX=BACKEND[,BACKEND...][;option=value...]`.
     /// BACKEND is http://host:port or https://host:port. The longest matching prefix wins; a
     /// route with a host is preferred over one without. Example: `mail.example.com/owa=https://10.0.0.5`.
-    #[arg(long = "route", value_name = "ROUTE")]
+    #[arg(long = "route", value_name = "ROUTE", long_help = route_long_help())]
     pub route: Vec<String>,
 
     /// PEM file of CA certificates trusted for https:// backends (default: none, so https
@@ -266,7 +266,20 @@ pub struct Flags {
     #[arg(long = "log-level", value_name = "FILTER", default_value = "info")]
     pub log_level: String,
 
-    /// Validate the configuration (flags, files, certificates), report every problem, and exit.
+    /// Validate the configuration (flags, files, certificates, io_uring, that every --listen and
+    /// --listen-tls address can be bound), report every problem, and exit.
     #[arg(long = "check-config")]
     pub check_config: bool,
+}
+
+/// `--route`'s `--help` text: the doc comment above, then every option the route parser
+/// accepts, from its own table so that the two cannot drift apart.
+fn route_long_help() -> String {
+    format!(
+        "A route (repeatable): `[HOST]/PATH-PREFIX=BACKEND[,BACKEND...][;option=value...]`. \
+         BACKEND is http://host:port or https://host:port. The longest matching prefix wins; a \
+         route with a host is preferred over one without. Example: \
+         `mail.example.com/owa=https://10.0.0.5`.\n\n{}",
+        super::route::options_help()
+    )
 }

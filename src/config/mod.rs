@@ -35,6 +35,27 @@ pub struct Listener {
     pub tls: bool,
 }
 
+impl Listener {
+    /// The `--listen` and `--listen-tls` addresses that parse, and a message for each that does
+    /// not. Apart from [`Config::from_flags`] so that `--check-config` can try to bind them
+    /// even when other flags are wrong.
+    pub fn from_flags(f: &Flags) -> (Vec<Listener>, Vec<String>) {
+        let mut listeners = Vec::new();
+        let mut errs = Vec::new();
+        for (list, tls) in [(&f.listen, false), (&f.listen_tls, true)] {
+            for a in list {
+                match a.parse::<SocketAddr>() {
+                    Ok(addr) => listeners.push(Listener { addr, tls }),
+                    Err(_) => errs.push(format!(
+                        "listener `{a}`: expected IP:PORT, e.g. 0.0.0.0:8080"
+                    )),
+                }
+            }
+        }
+        (listeners, errs)
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Timeouts {
     pub header: Duration,
@@ -140,19 +161,7 @@ pub struct Config {
 impl Config {
     /// Validates `flags`, reporting every problem found.
     pub fn from_flags(f: &Flags) -> Result<Config, Vec<String>> {
-        let mut errs = Vec::new();
-
-        let mut listeners = Vec::new();
-        for (list, tls) in [(&f.listen, false), (&f.listen_tls, true)] {
-            for a in list {
-                match a.parse::<SocketAddr>() {
-                    Ok(addr) => listeners.push(Listener { addr, tls }),
-                    Err(_) => errs.push(format!(
-                        "listener `{a}`: expected IP:PORT, e.g. 0.0.0.0:8080"
-                    )),
-                }
-            }
-        }
+        let (listeners, mut errs) = Listener::from_flags(f);
         if listeners.is_empty() {
             errs.push("no listener: give at least one --listen or --listen-tls".into());
         }

@@ -81,6 +81,83 @@ pub struct RouteOptions {
     pub channel_binding: bool,
 }
 
+/// One option a route accepts after `;`: what `--help` prints for it. The parser rejects any
+/// name not in [`ROUTE_OPTIONS`], so this table is the complete list an operator can use.
+#[derive(Clone, Copy, Debug)]
+pub struct RouteOption {
+    /// The name before `=`.
+    pub name: &'static str,
+    /// What follows `=`, as `--help` shows it.
+    pub values: &'static str,
+    /// One line: what it does, its default, what it needs.
+    pub help: &'static str,
+    /// A valid `name=value`, for the tests that keep this table and the parser in step.
+    pub example: &'static str,
+}
+
+/// Every route option, in the order `--help` lists them.
+pub const ROUTE_OPTIONS: &[RouteOption] = &[
+    RouteOption {
+        name: "auth",
+        values: "SCHEMES",
+        help: "schemes offered to clients, in WWW-Authenticate order, from negotiate, ntlm, \
+               basic (comma-separated); absent: anonymous route",
+        example: "auth=negotiate,ntlm",
+    },
+    RouteOption {
+        name: "auth-ua",
+        values: "SUBSTRING:SCHEMES",
+        help: "(repeatable) a client whose User-Agent contains SUBSTRING (any case) is offered \
+               SCHEMES instead; the first match wins",
+        example: "auth-ua=Communicator:ntlm",
+    },
+    RouteOption {
+        name: "spn",
+        values: "SERVICE/HOST[@REALM]",
+        help: "reach the backend as the user with Kerberos constrained delegation to this \
+               service principal (needs auth= and --kerberos-login)",
+        example: "spn=HTTP/backend.example.test",
+    },
+    RouteOption {
+        name: "send-auth",
+        values: "first|401",
+        help: "when the delegated ticket is sent: on each backend connection's first request \
+               (default) or only after the backend answers 401 Negotiate (needs spn=)",
+        example: "send-auth=401",
+    },
+    RouteOption {
+        name: "channel-binding",
+        values: "none|tls-server-end-point",
+        help: "put the backend certificate's RFC 5929 channel binding in the ticket, for \
+               Exchange Extended Protection (default none; needs spn=)",
+        example: "channel-binding=tls-server-end-point",
+    },
+    RouteOption {
+        name: "host",
+        values: "client|backend",
+        help: "the Host header sent to the backend: the client's (default) or the backend's \
+               host:port",
+        example: "host=backend",
+    },
+];
+
+/// The `--route` part of `--help`: one line per [`ROUTE_OPTIONS`] entry.
+pub fn options_help() -> String {
+    let width = ROUTE_OPTIONS
+        .iter()
+        .map(|o| o.name.len() + 1 + o.values.len())
+        .max()
+        .unwrap_or(0);
+    let mut out = String::from(
+        "Route options, after `;` (e.g. `/ews=https://10.0.0.5;auth=negotiate,ntlm`):",
+    );
+    for o in ROUTE_OPTIONS {
+        let syntax = format!("{}={}", o.name, o.values);
+        out.push_str(&format!("\n  {syntax:<width$}  {}", o.help));
+    }
+    out
+}
+
 /// When a delegating route sends the user's ticket to the backend.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SendAuth {
@@ -174,7 +251,12 @@ pub fn parse_route(spec: &str) -> Result<Route, String> {
     if let Some(opts) = opts {
         for opt in opts.split(';').filter(|o| !o.is_empty()) {
             let (k, v) = opt.split_once('=').unwrap_or((opt, ""));
-            match (k.trim(), v.trim()) {
+            let (k, v) = (k.trim(), v.trim());
+            // The table decides which names exist, so `--help` (built from it) lists them all.
+            if !ROUTE_OPTIONS.iter().any(|o| o.name == k) {
+                return Err(format!("route `{spec}`: unknown option `{k}={v}`"));
+            }
+            match (k, v) {
                 ("host", "backend") => options.rewrite_host = true,
                 ("host", "client") => options.rewrite_host = false,
                 ("auth", v) => options.auth = parse_offers(spec, v)?,
@@ -458,6 +540,44 @@ mod tests {
             "/=http://127.0.0.1:1;auth=basic;send-auth=401",
         ] {
             assert!(parse_route(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_route_option_in_the_table_parses_and_no_other() {
+        for o in ROUTE_OPTIONS {
+            assert!(o.example.starts_with(&format!("{}=", o.name)), "{o:?}");
+            // spn= and the options that need it, with what they need.
+            let spec = format!(
+                "/x=http://127.0.0.1:1;auth=ntlm;spn=HTTP/b.test;{}",
+                o.example
+            );
+            parse_route(&spec).unwrap_or_else(|e| panic!("{o:?}: {e}"));
+            assert!(!o.help.contains('\n'), "one line: {o:?}");
+        }
+        let names: Vec<&str> = ROUTE_OPTIONS.iter().map(|o| o.name).collect();
+        let mut dedup = names.clone();
+        dedup.sort();
+        dedup.dedup();
+        assert_eq!(dedup.len(), names.len(), "{names:?}");
+        // A name the table does not have is refused, whatever its value.
+        for bad in ["bogus=1", "Auth=ntlm", "spns=HTTP/x", "hosts=backend"] {
+            let spec = format!("/x=http://127.0.0.1:1;{bad}");
+            let e = parse_route(&spec).unwrap_err();
+            assert!(e.contains("unknown option"), "{e}");
+        }
+    }
+
+    #[test]
+    fn options_help_has_one_line_per_option() {
+        let help = options_help();
+        for o in ROUTE_OPTIONS {
+            let lines: Vec<&str> = help
+                .lines()
+                .filter(|l| l.trim_start().starts_with(&format!("{}=", o.name)))
+                .collect();
+            assert_eq!(lines.len(), 1, "{}: {help}", o.name);
+            assert!(lines[0].ends_with(o.help), "{}", lines[0]);
         }
     }
 

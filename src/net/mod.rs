@@ -12,3 +12,11 @@ pub mod io;
 pub mod listener;
 
 pub use io::{Io, TcpIo};
+
+/// Creates and drops the io_uring a worker runs on (tokio-uring's default ring, as
+/// `runtime::worker` builds it), so that a process that may not have one (a seccomp profile
+/// that denies `io_uring_setup`, `kernel.io_uring_disabled`, a locked-memory limit too small
+/// for the ring) is told before any worker starts, instead of each worker panicking.
+pub fn uring_available() -> std::io::Result<()> {
+    tokio_uring::Runtime::new(&tokio_uring::builder()).map(drop)
+}

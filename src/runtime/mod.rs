@@ -22,9 +22,9 @@ use tokio::sync::watch;
 
 pub use start_error::{StartError, StartErrors};
 
-use crate::config::Config;
+use crate::config::{Config, Listener};
 use crate::metrics;
-use crate::net::listener::bind_reuseport;
+use crate::net::{self, listener::bind_reuseport};
 use crate::proxy::ctx::Shared;
 
 /// Builds everything that can fail at start-up (TLS configs, log file, listening sockets)
@@ -65,21 +65,61 @@ pub fn run(cfg: Config) -> Result<(), StartErrors> {
     Ok(())
 }
 
-/// The shared state, fully built (see [`assemble::shared`]); `--check-config` stops here.
+/// The shared state, fully built (see [`assemble::shared`]), once io_uring is known to be
+/// available; [`check`] (`--check-config`) stops after this and the listeners. An io_uring
+/// problem is reported with the configuration's, so one pass shows everything to fix.
 pub fn prepare(cfg: Config) -> Result<Shared, StartErrors> {
-    assemble::shared(cfg)
+    let mut errs = StartErrors::default();
+    errs.keep(net::uring_available().map_err(|e| StartError::uring_unavailable(&e)));
+    let shared = errs.keep(assemble::shared(cfg));
+    match shared {
+        Some(shared) if errs.is_empty() => Ok(shared),
+        _ => Err(errs),
+    }
 }
 
-/// Every worker binds its own socket per listener, so a port conflict is reported now.
-fn bind(cfg: &Config) -> Result<Vec<Vec<(TcpListener, bool)>>, StartError> {
+/// `--check-config`: everything [`run`] tries before the first worker starts, without starting
+/// one: io_uring, the files and services of [`prepare`], and every listen address
+/// ([`check_listeners`]), all in one pass.
+pub fn check(cfg: Config) -> Result<(), StartErrors> {
+    let listen = check_listeners(&cfg.listeners);
+    let mut errs = StartErrors::default();
+    errs.keep(prepare(cfg));
+    errs.keep(listen);
+    errs.or_ok(())
+}
+
+/// Binds each listen address once and releases it at once, reporting every one that cannot be
+/// bound (in use, not an address of this host, a privileged port).
+///
+/// The sockets are bound as the workers bind them, with SO_REUSEPORT, so checking beside a
+/// running kcdproxy of the same user does not report its own ports as taken. The
+/// `--metrics-listen` address is not checked: it is a plain socket, which the running process
+/// holds, so checking before a restart would always fail.
+pub fn check_listeners(listeners: &[Listener]) -> Result<(), StartErrors> {
+    let mut errs = StartErrors::default();
+    for l in listeners {
+        errs.keep(bind_one(l).map(drop));
+    }
+    errs.or_ok(())
+}
+
+fn bind_one(l: &Listener) -> Result<TcpListener, StartError> {
+    bind_reuseport(l.addr, 4096).map_err(|e| StartError::new(format!("listen {}", l.addr), e))
+}
+
+/// Every worker binds its own socket per listener, so a port conflict is reported now, with
+/// every address that cannot be bound (the first worker's attempt finds them all).
+fn bind(cfg: &Config) -> Result<Vec<Vec<(TcpListener, bool)>>, StartErrors> {
     let mut sockets = Vec::with_capacity(cfg.workers);
     for _ in 0..cfg.workers {
-        let mut mine = Vec::new();
-        for l in &cfg.listeners {
-            let s = bind_reuseport(l.addr, 4096)
-                .map_err(|e| StartError::new(format!("listen {}", l.addr), e))?;
-            mine.push((s, l.tls));
-        }
+        let mut errs = StartErrors::default();
+        let mine: Vec<_> = cfg
+            .listeners
+            .iter()
+            .filter_map(|l| Some((errs.keep(bind_one(l))?, l.tls)))
+            .collect();
+        errs.or_ok(())?;
         sockets.push(mine);
     }
     Ok(sockets)

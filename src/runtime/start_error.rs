@@ -32,6 +32,33 @@ impl StartError {
         }
     }
 
+    /// The io_uring every worker needs could not be created ([`crate::net::uring_available`]):
+    /// one line naming the cause and what an operator changes to fix it.
+    pub fn uring_unavailable(err: &std::io::Error) -> Self {
+        let fix = match err.raw_os_error() {
+            // Denied by a seccomp filter (container runtimes' default profiles) or by the sysctl.
+            Some(libc::EPERM) | Some(libc::EACCES) => {
+                "allow io_uring_setup, io_uring_enter and io_uring_register in the container's \
+                 seccomp profile, or set the sysctl kernel.io_uring_disabled=0 (with 1, only \
+                 members of kernel.io_uring_group may use io_uring)"
+            }
+            Some(libc::ENOSYS) => {
+                "kcdproxy needs Linux 5.10 or later built with CONFIG_IO_URING; if the kernel has \
+                 it, a seccomp profile hides it: allow io_uring_setup, io_uring_enter and \
+                 io_uring_register"
+            }
+            // Kernels before 5.12 charge the ring to RLIMIT_MEMLOCK.
+            Some(libc::ENOMEM) => {
+                "raise the locked-memory limit (ulimit -l, or LimitMEMLOCK= in the systemd unit)"
+            }
+            _ => "kcdproxy needs io_uring (Linux 5.10 or later)",
+        };
+        StartError::new(
+            format!("io_uring is not available (io_uring_setup: {err})"),
+            fix,
+        )
+    }
+
     /// A message from a module that reports problems as `what: cause` sentences (config, tls,
     /// auth). The text before the first `": "` is what, the rest the cause, so the printed
     /// message is the sentence unchanged.
@@ -166,6 +193,39 @@ mod tests {
         let e = StartError::bare("worker 2 panicked");
         assert_eq!(e.to_string(), "worker 2 panicked");
         assert!(e.source().is_none());
+    }
+
+    #[test]
+    fn uring_unavailable_names_the_cause_and_the_fix() {
+        let e = StartError::uring_unavailable(&std::io::Error::from_raw_os_error(libc::EPERM));
+        let m = e.to_string();
+        assert!(
+            m.starts_with(
+                "io_uring is not available (io_uring_setup: Operation not permitted (os error 1)): \
+                 allow io_uring_setup"
+            ),
+            "{m}"
+        );
+        assert!(m.contains("seccomp profile"), "{m}");
+        assert!(m.contains("kernel.io_uring_disabled=0"), "{m}");
+        assert!(!m.contains('\n'), "one line: {m}");
+
+        let m = StartError::uring_unavailable(&std::io::Error::from_raw_os_error(libc::ENOSYS))
+            .to_string();
+        assert!(m.contains("Function not implemented"), "{m}");
+        assert!(m.contains("CONFIG_IO_URING"), "{m}");
+
+        let m = StartError::uring_unavailable(&std::io::Error::from_raw_os_error(libc::ENOMEM))
+            .to_string();
+        assert!(m.contains("Cannot allocate memory"), "{m}");
+        assert!(m.contains("LimitMEMLOCK="), "{m}");
+
+        let m = StartError::uring_unavailable(&std::io::Error::from_raw_os_error(libc::EINVAL))
+            .to_string();
+        assert!(
+            m.ends_with("kcdproxy needs io_uring (Linux 5.10 or later)"),
+            "{m}"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::StartError;
 use crate::accesslog::{AccessLog, Sink};
 use crate::net::TcpIo;
 use crate::proxy::ctx::{ConnInfo, Shared, WorkerCtx};
@@ -31,7 +32,11 @@ pub fn run(
     }
     let drain_timeout = shared.cfg.timeouts.drain;
     let log = AccessLog::new(sink, shared.cfg.access_log_format);
-    tokio_uring::start(async move {
+    // Not `tokio_uring::start`, which panics when the ring cannot be made: `prepare` has
+    // checked that it can, but a worker that still fails says why and exits cleanly.
+    let rt = tokio_uring::Runtime::new(&tokio_uring::builder())
+        .map_err(|e| StartError::uring_unavailable(&e).to_string())?;
+    rt.block_on(async move {
         let auth = super::assemble::auth_ctx(&shared);
         let ctx = Rc::new(WorkerCtx::new(id, shared, log, auth));
         let mut fds = Vec::new();
