@@ -1,6 +1,7 @@
 //! PROXY protocol v1 and v2 (haproxy's spec "The PROXY protocol") in front of the real binary:
 //! from a source in `--proxy-protocol-from` the header's client address is the client (the
-//! echo origin's `X-Forwarded-For`, the access log's `client=`), on plain and TLS listeners;
+//! echo origin's `X-Forwarded-For`, the access log's `client=`, RPC-over-HTTP backend
+//! affinity), on plain and TLS listeners;
 //! from anywhere else a header is not believed; a missing, malformed or late header closes the
 //! connection with its reason logged, and the proxy goes on serving.
 
@@ -343,4 +344,44 @@ fn tls_listener_with_a_v2_header_before_the_client_hello() {
         .expect("write");
     assert_closed_silently(&s);
     assert_logged(&proxy, "no PROXY protocol signature");
+}
+
+/// RPC over HTTP affinity hashes the client address: with one RPC target and every connection
+/// coming from 127.0.0.1, only the addresses the balancer claims can spread the clients over
+/// the backends, and each client's IN and OUT channels must still meet on one backend.
+#[test]
+fn rpc_affinity_follows_the_claimed_client() {
+    let echos = [Echo::start(), Echo::start(), Echo::start()];
+    let route = format!(
+        "/rpc={},{},{}",
+        echos[0].url(),
+        echos[1].url(),
+        echos[2].url()
+    );
+    let proxy = Proxy::start(&["--route", &route, "--proxy-protocol-from", "127.0.0.1"]);
+    let target = "/rpc/rpcproxy.dll?exch01.example.com:6001";
+    let mut servers = std::collections::BTreeSet::new();
+    for i in 1..=16u8 {
+        let header = format!("PROXY TCP4 198.51.100.{i} 127.0.0.1 40000 80\r\n");
+        let mut seen = Vec::new();
+        for method in ["RPC_IN_DATA", "RPC_OUT_DATA"] {
+            // One client connection per channel, as Outlook opens them.
+            let mut c = proxy.client();
+            c.send(header.as_bytes());
+            let r = c.request(method, target, &[], b"ECHO");
+            assert_eq!(r.status(), 200, "{}", r.summary());
+            let j = r.json();
+            assert_eq!(xff(&j), [format!("198.51.100.{i}")]);
+            seen.push(j["server"].as_u64().expect("echo server port"));
+        }
+        assert_eq!(
+            seen[0], seen[1],
+            "client {i}: IN and OUT on different backends"
+        );
+        servers.insert(seen[0]);
+    }
+    assert!(
+        servers.len() > 1,
+        "16 claimed clients all hashed to one backend: {servers:?}"
+    );
 }
