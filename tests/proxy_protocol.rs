@@ -1,9 +1,9 @@
 //! PROXY protocol v1 and v2 (haproxy's spec "The PROXY protocol") in front of the real binary:
 //! from a source in `--proxy-protocol-from` the header's client address is the client (the
 //! echo origin's `X-Forwarded-For`, the access log's `client=`, RPC-over-HTTP backend
-//! affinity), on plain and TLS listeners;
-//! from anywhere else a header is not believed; a missing, malformed or late header closes the
-//! connection with its reason logged, and the proxy goes on serving.
+//! affinity), on plain and TLS listeners; from anywhere else a header is not believed; a
+//! missing, malformed or late header closes the connection with its reason logged, and the
+//! proxy goes on serving.
 
 mod common;
 

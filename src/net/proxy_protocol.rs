@@ -85,13 +85,18 @@ fn parse_v1(buf: &[u8]) -> Result<Option<Header>, Malformed> {
         return Err(Malformed("no PROXY protocol signature"));
     }
     let window = &buf[..buf.len().min(V1_MAX)];
-    let Some(cr) = window.iter().position(|&b| b == b'\r') else {
+    // The line ends at CRLF only; a bare LF would make the reader swallow the request that
+    // follows into the header, so it is refused at once.
+    let Some(cr) = window.iter().position(|&b| b == b'\r' || b == b'\n') else {
         return if buf.len() >= V1_MAX {
             Err(Malformed("v1 header longer than 107 bytes"))
         } else {
             Ok(None)
         };
     };
+    if buf[cr] == b'\n' {
+        return Err(Malformed("v1 header: LF without CR"));
+    }
     match buf.get(cr + 1) {
         None => return Ok(None),
         Some(b'\n') => {}

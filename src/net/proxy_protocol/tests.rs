@@ -130,6 +130,14 @@ fn malformed_headers() {
         (b"\r\n\r\nGET".to_vec(), "signature"),
         (long_v1, "107"),
         (b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\rX".to_vec(), "LF"),
+        (
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n".to_vec(),
+            "LF without CR",
+        ),
+        (
+            b"PROXY UNKNOWN\nGET / HTTP/1.1\r\n".to_vec(),
+            "LF without CR",
+        ),
         (b"PROXY TCP5 1.2.3.4 5.6.7.8 1 2\r\n".to_vec(), "protocol"),
         (b"PROXY tcp4 1.2.3.4 5.6.7.8 1 2\r\n".to_vec(), "protocol"),
         (b"PROXY \r\n".to_vec(), "protocol"),
