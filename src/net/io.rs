@@ -53,7 +53,11 @@ impl TcpIo {
     /// header ends before reading it), and the bytes past it belong to TLS or HTTP.
     pub fn unread(&self, bytes: Vec<u8>) {
         let mut pending = self.unread.take();
-        pending.extend_from_slice(&bytes);
+        if pending.is_empty() {
+            pending = bytes;
+        } else {
+            pending.extend_from_slice(&bytes);
+        }
         self.unread.set(pending);
     }
 
