@@ -42,9 +42,9 @@
 //! - floor 2: [`tls`]: rustls server (clients) and client (backends) over the I/O trait; the
 //!   plain-or-TLS stream.
 //! - floor 1: [`net`]: listeners, the owned-buffer I/O trait over tokio-uring, reads and writes
-//!   under a deadline, the buffer pool. [`http1`]: zero-copy head parsing, body framing, head
-//!   encoding, `Authorization` values. [`accesslog`]: one line per request, buffered per core.
-//!   [`metrics`]: per-worker counters and the Prometheus endpoint.
+//!   under a deadline, the buffer pool, the PROXY protocol header. [`http1`]: zero-copy head
+//!   parsing, body framing, head encoding, `Authorization` values. [`accesslog`]: one line per
+//!   request, buffered per core. [`metrics`]: per-worker counters and the Prometheus endpoint.
 //! - floor 0: [`error`]: the one error type (closed kind, side, context). [`config`]: flags →
 //!   validated [`config::Config`], the route table.
 

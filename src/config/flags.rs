@@ -17,6 +17,15 @@ pub struct Flags {
     #[arg(long = "listen-tls", value_name = "ADDR")]
     pub listen_tls: Vec<String>,
 
+    /// Expect a PROXY protocol header (v1 or v2, haproxy's spec) on --listen and --listen-tls
+    /// listeners from connections whose source is in this network (repeatable; CIDR, IPv4 or
+    /// IPv6, e.g. 10.0.0.0/24 or 2001:db8::/64; a bare address is one host). The client address
+    /// it carries becomes the connection's client (access log, X-Forwarded-For, RPC affinity).
+    /// Connections from these networks without a valid header are closed; from anywhere else no
+    /// header is expected or believed.
+    #[arg(long = "proxy-protocol-from", value_name = "CIDR")]
+    pub proxy_protocol_from: Vec<String>,
+
     /// PEM certificate chain for TLS listeners (repeatable, paired in order with --tls-key).
     /// With several, the one whose names match the client's SNI is served; the first is the default.
     #[arg(long = "tls-cert", value_name = "PEM")]

@@ -3,6 +3,7 @@
 //! Validation collects *every* problem before failing, so an operator fixes a command line in
 //! one pass (`--check-config` prints them all and exits non-zero).
 
+pub mod cidr;
 pub mod flags;
 pub mod route;
 
@@ -10,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use cidr::Cidr;
 pub use flags::Flags;
 pub use route::{Backend, Route, RouteTable, Scheme};
 
@@ -139,6 +141,9 @@ impl Default for KdcConfig {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listeners: Vec<Listener>,
+    /// Sources that must open their connections with a PROXY protocol header (every
+    /// listener); empty: PROXY protocol off.
+    pub proxy_protocol_from: Vec<Cidr>,
     /// (certificate chain PEM, private key PEM) pairs; the first is the default for SNI.
     pub tls_certs: Vec<(PathBuf, PathBuf)>,
     pub routes: RouteTable,
@@ -164,6 +169,13 @@ impl Config {
         let (listeners, mut errs) = Listener::from_flags(f);
         if listeners.is_empty() {
             errs.push("no listener: give at least one --listen or --listen-tls".into());
+        }
+        let mut proxy_protocol_from = Vec::new();
+        for n in &f.proxy_protocol_from {
+            match Cidr::parse(n) {
+                Ok(net) => proxy_protocol_from.push(net),
+                Err(e) => errs.push(format!("--proxy-protocol-from {e}")),
+            }
         }
 
         if f.tls_cert.len() != f.tls_key.len() {
@@ -313,6 +325,7 @@ impl Config {
         }
         Ok(Config {
             listeners,
+            proxy_protocol_from,
             tls_certs,
             routes: RouteTable::new(routes),
             backend_ca: f.backend_ca.clone(),
@@ -626,5 +639,46 @@ mod tests {
         let c = Config::from_flags(&f).unwrap();
         assert_eq!(c.listeners.len(), 1);
         assert!(c.workers >= 1);
+        assert!(c.proxy_protocol_from.is_empty());
+    }
+
+    #[test]
+    fn proxy_protocol_networks() {
+        let f = Flags::parse_from([
+            "kcdproxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--route",
+            "/=http://127.0.0.1:9",
+            "--proxy-protocol-from",
+            "10.0.0.0/8",
+            "--proxy-protocol-from",
+            "2001:db8::/32",
+        ]);
+        let c = Config::from_flags(&f).unwrap();
+        let nets: Vec<String> = c
+            .proxy_protocol_from
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(nets, ["10.0.0.0/8", "2001:db8::/32"]);
+
+        let f = Flags::parse_from([
+            "kcdproxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--route",
+            "/=http://127.0.0.1:9",
+            "--proxy-protocol-from",
+            "10.0.0.1/8",
+            "--proxy-protocol-from",
+            "lb.example",
+        ]);
+        let errs = Config::from_flags(&f).unwrap_err();
+        assert_eq!(errs.len(), 2, "{errs:#?}");
+        assert!(
+            errs[0].starts_with("--proxy-protocol-from `10.0.0.1/8`"),
+            "{errs:#?}"
+        );
     }
 }

@@ -9,6 +9,7 @@
 //! [`Io::shutdown`] so the operation completes and the peer sees the close, and must then drop
 //! the connection: its buffer is gone.
 
+use std::cell::Cell;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
 
@@ -34,11 +35,30 @@ pub trait Io {
 /// A plain TCP stream on the core's io_uring.
 pub struct TcpIo {
     stream: tokio_uring::net::TcpStream,
+    /// Bytes already read from the socket that the next reads return first: what followed a
+    /// PROXY protocol header in its read ([`TcpIo::unread`]). Empty (no allocation) otherwise.
+    unread: Cell<Vec<u8>>,
 }
 
 impl TcpIo {
     pub fn new(stream: tokio_uring::net::TcpStream) -> Self {
-        TcpIo { stream }
+        TcpIo {
+            stream,
+            unread: Cell::default(),
+        }
+    }
+
+    /// Puts `bytes` in front of the stream: the next reads return them before reading the
+    /// socket again. The PROXY protocol reader reads past its header (it cannot know where the
+    /// header ends before reading it), and the bytes past it belong to TLS or HTTP.
+    pub fn unread(&self, bytes: Vec<u8>) {
+        let mut pending = self.unread.take();
+        if pending.is_empty() {
+            pending = bytes;
+        } else {
+            pending.extend_from_slice(&bytes);
+        }
+        self.unread.set(pending);
     }
 
     /// Connects to `addr` with TCP_NODELAY set (the proxy writes whole heads; Nagle only adds
@@ -46,7 +66,7 @@ impl TcpIo {
     pub async fn connect(addr: SocketAddr) -> io::Result<Self> {
         let stream = tokio_uring::net::TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        Ok(TcpIo { stream })
+        Ok(TcpIo::new(stream))
     }
 
     pub fn set_nodelay(&self) -> io::Result<()> {
@@ -62,6 +82,17 @@ impl Io for TcpIo {
         if len == cap {
             // No room: reserve rather than report a false EOF.
             buf.reserve(4096);
+        }
+        let pending = self.unread.take();
+        if !pending.is_empty() {
+            // Same contract as a socket read: append into the spare capacity only (callers
+            // size their buffers), keep what does not fit for the next read.
+            let n = pending.len().min(buf.capacity() - buf.len());
+            buf.extend_from_slice(&pending[..n]);
+            if n < pending.len() {
+                self.unread.set(pending[n..].to_vec());
+            }
+            return (Ok(n), buf);
         }
         let cap = buf.capacity().max(cap);
         let (res, slice) = self.stream.read(buf.slice(len..cap)).await;

@@ -1,5 +1,6 @@
 //! Sockets and buffers: the SO_REUSEPORT listeners, the small I/O trait that keeps tokio-uring
-//! at arm's length, reads and writes under a deadline, and the per-core buffer pool. The floor
+//! at arm's length, reads and writes under a deadline, the per-core buffer pool, and the PROXY
+//! protocol header read at accept (before any TLS or HTTP byte). The floor
 //! under `tls` (which wraps an [`Io`] in rustls and owns the plain-or-TLS `Stream`).
 //!
 //! tokio-uring is barely maintained, so nothing outside this module (and `tls`, which drives a
@@ -10,6 +11,7 @@ pub mod bufpool;
 pub mod deadline;
 pub mod io;
 pub mod listener;
+pub mod proxy_protocol;
 
 pub use io::{Io, TcpIo};
 

@@ -38,6 +38,8 @@ pub struct Shared {
 
 /// A live client connection, as the worker's slab records it.
 pub struct ConnInfo {
+    /// The client: the socket's peer, or the source a trusted balancer's PROXY protocol header
+    /// gave (set once the header is read).
     pub peer: std::net::SocketAddr,
     pub since: std::time::Instant,
 }

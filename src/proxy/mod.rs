@@ -63,6 +63,8 @@ const HEAD_BUF: usize = 4096;
 /// State of one client connection.
 struct Client {
     stream: Stream,
+    /// The client: the socket's peer, or the source address of a trusted balancer's PROXY
+    /// protocol header (read at accept). Everything that names the client uses this.
     peer: SocketAddr,
     /// The current request head followed by any bytes already read past it.
     buf: Vec<u8>,

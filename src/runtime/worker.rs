@@ -1,5 +1,6 @@
 //! One worker: a pinned thread with its own tokio-uring runtime.
 
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use tokio::time::Instant;
 
 use super::StartError;
 use crate::accesslog::{AccessLog, Sink};
+use crate::net::proxy_protocol::{self, ReadHeaderError};
 use crate::net::TcpIo;
 use crate::proxy::ctx::{ConnInfo, Shared, WorkerCtx};
 use crate::proxy::serve_connection;
@@ -101,7 +103,24 @@ async fn accept_loop(listener: tokio_uring::net::TcpListener, tls: bool, ctx: Rc
         let io = TcpIo::new(tcp);
         let _ = io.set_nodelay();
         let ctx2 = ctx.clone();
+        let proxied = ctx
+            .shared
+            .cfg
+            .proxy_protocol_from
+            .iter()
+            .any(|net| net.contains(peer.ip()));
         tokio_uring::spawn(async move {
+            let peer = if proxied {
+                match proxy_header(&io, peer, &ctx2, slot, now).await {
+                    Some(client) => client,
+                    None => {
+                        ctx2.conn_closed(slot);
+                        return;
+                    }
+                }
+            } else {
+                peer
+            };
             let stream = if tls {
                 let cfg = ctx2.shared.tls_server.clone();
                 match cfg {
@@ -124,6 +143,41 @@ async fn accept_loop(listener: tokio_uring::net::TcpListener, tls: bool, ctx: Rc
             }
             ctx2.conn_closed(slot);
         });
+    }
+}
+
+/// Reads the PROXY protocol header a trusted balancer at `peer` opens its connection with,
+/// before anything else (TLS included) reads the socket. Returns the client the connection is
+/// served as, already recorded in the slab: the header's source address, or `peer` itself for
+/// a balancer's own connection (v2 LOCAL, v1 UNKNOWN). `None`: no valid header, close.
+async fn proxy_header(
+    io: &TcpIo,
+    peer: SocketAddr,
+    ctx: &WorkerCtx,
+    slot: usize,
+    accepted: Instant,
+) -> Option<SocketAddr> {
+    // The header counts against the same deadline as the request head it precedes: a
+    // balancer writes it at once, so this is no new way to hold a connection open.
+    let deadline = accepted + ctx.shared.cfg.timeouts.header;
+    match proxy_protocol::read_header(io, deadline).await {
+        Ok(h) => {
+            let client = h.source().unwrap_or(peer);
+            if let Some(info) = ctx.conns.borrow_mut().get_mut(slot) {
+                info.peer = client;
+            }
+            tracing::debug!(%peer, %client, version = h.version, "PROXY protocol header");
+            Some(client)
+        }
+        Err(e @ ReadHeaderError::Malformed(_)) => {
+            // A trusted balancer sending garbage is a configuration problem worth seeing.
+            tracing::info!(%peer, error = %e, "PROXY protocol: connection closed");
+            None
+        }
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "PROXY protocol: connection closed");
+            None
+        }
     }
 }
 
