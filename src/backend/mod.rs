@@ -1,5 +1,5 @@
 //! Backends: connecting (TCP, then TLS for `https://`), the per-core pool of idle connections,
-//! and the choice of a route's backend.
+//! the choice of a route's backend, and the backends' health (passive: connect failures).
 //!
 //! INVARIANT (the pool's, enforced by [`Pool`] itself): a connection authenticated for one user
 //! never carries another user's request. A pooled connection is only ever handed out for the
@@ -11,9 +11,11 @@
 //! authentication to the TCP connection (RFC 4559 §6; MS-NTHT).
 
 mod connect;
+mod health;
 mod pool;
 mod select;
 
 pub use connect::connect;
+pub use health::{Health, HealthPolicy, State};
 pub use pool::{BackendConn, Checkin, Pool, PoolKey, Private};
 pub use select::BackendSets;
