@@ -236,3 +236,65 @@ fn readyz_follows_the_backends_and_healthz_the_process() {
     assert_eq!(admin(admin_port, "/readyz"), (200, "ready\n".into()));
     assert_eq!(admin(admin_port, "/nothing").0, 404);
 }
+
+#[test]
+fn an_active_check_marks_backends_down_and_up_without_a_request() {
+    let alive = Echo::start();
+    let [dead_port, admin_port] = free_ports::<2>();
+    let route = format!(
+        "/={},http://127.0.0.1:{dead_port};check=/healthcheck.htm;check-interval=100ms",
+        alive.url()
+    );
+    let _proxy = Proxy::start(&[
+        "--route",
+        &route,
+        "--metrics-listen",
+        &format!("127.0.0.1:{admin_port}"),
+    ]);
+    let up = || {
+        let (_, m) = admin(admin_port, "/metrics");
+        sample(&m, "kcdproxy_backends_up{route=\"/\"}")
+    };
+    assert!(
+        poll_until(Duration::from_secs(3), || up() == Some(1)),
+        "the dead backend is not marked down: {:?}",
+        up()
+    );
+    let requests = alive.requests();
+    assert!(requests >= 1, "the live backend was checked");
+    let head = alive.last_head().expect("a check's head");
+    assert!(head.0.starts_with("GET /healthcheck.htm "), "{head:?}");
+    let _back = Echo::start_on(dead_port);
+    assert!(
+        poll_until(Duration::from_secs(3), || up() == Some(2)),
+        "the backend is not marked up again: {:?}",
+        up()
+    );
+}
+
+#[test]
+fn a_backend_in_maintenance_stays_down_though_it_accepts_connections() {
+    // The health page answers 503 (Exchange's healthcheck.htm in maintenance), the server
+    // still accepts connections and serves requests.
+    let echo = Echo::start();
+    let admin_port = free_port();
+    let route = format!("/={};check=/status/503;check-interval=100ms", echo.url());
+    let proxy = Proxy::start(&[
+        "--route",
+        &route,
+        "--metrics-listen",
+        &format!("127.0.0.1:{admin_port}"),
+    ]);
+    assert!(poll_until(Duration::from_secs(3), || admin(
+        admin_port, "/readyz"
+    )
+    .0 == 503));
+    // Every backend of the route is down: a request still tries one, and its successful
+    // connect does not overrule the check.
+    assert_eq!(get(&proxy, "/still").0, 200);
+    let (status, body) = admin(admin_port, "/readyz");
+    assert_eq!(
+        (status, body.as_str()),
+        (503, "no backend up for route /\n")
+    );
+}

@@ -16,8 +16,11 @@
 //! transitions.
 //!
 //! Health is per (route, backend slot): the same server named by two routes is tracked twice.
+//!
+//! A route's active check (`check=`, see `check.rs`) feeds the same state: its failure marks
+//! the backend down until a check passes, whatever requests' connects say meanwhile.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::config::route::RouteTable;
@@ -49,6 +52,11 @@ impl Default for HealthPolicy {
 struct Slot {
     failures: AtomicU32,
     down_until: AtomicU64,
+    /// The route's active check (`check=`) last found it down. Dominates the passive state: a
+    /// server in maintenance still accepts connections (its health page answers 503), so a
+    /// request's successful connect must not bring it back, and it gets no probes; only a
+    /// passing check clears it.
+    checked_down: AtomicBool,
 }
 
 /// What one backend looks like to a request choosing a server.
@@ -117,7 +125,11 @@ impl Health {
     }
 
     fn state_at(&self, route: usize, backend: usize, now: u64) -> State {
-        let until = self.slot(route, backend).down_until.load(Ordering::Relaxed);
+        let slot = self.slot(route, backend);
+        if slot.checked_down.load(Ordering::Relaxed) {
+            return State::Down;
+        }
+        let until = slot.down_until.load(Ordering::Relaxed);
         if until == 0 {
             State::Up
         } else if now >= until {
@@ -137,10 +149,10 @@ impl Health {
         let now = self.now_ms();
         let slot = self.slot(route, backend);
         let until = slot.down_until.load(Ordering::Relaxed);
-        if until == 0 {
+        if until == 0 && !slot.checked_down.load(Ordering::Relaxed) {
             return true;
         }
-        if now < until {
+        if now < until || slot.checked_down.load(Ordering::Relaxed) {
             return false;
         }
         let next = now + self.policy.down_time.as_millis() as u64;
@@ -153,6 +165,9 @@ impl Health {
     pub fn connected(&self, route: usize, backend: usize) {
         let slot = self.slot(route, backend);
         slot.failures.store(0, Ordering::Relaxed);
+        if slot.checked_down.load(Ordering::Relaxed) {
+            return;
+        }
         if slot.down_until.swap(0, Ordering::Relaxed) != 0 {
             self.marked_up.fetch_add(1, Ordering::Relaxed);
             tracing::info!(route, backend, "backend up again");
@@ -184,6 +199,27 @@ impl Health {
             }
         } else {
             slot.down_until.fetch_max(next, Ordering::Relaxed);
+        }
+    }
+
+    /// The verdict of the route's active check (`backend::check`): deliberate evidence, so it
+    /// takes effect at once, either way.
+    pub fn checked(&self, route: usize, backend: usize, up: bool) {
+        let slot = self.slot(route, backend);
+        if up {
+            slot.checked_down.store(false, Ordering::Relaxed);
+            self.connected(route, backend);
+            return;
+        }
+        slot.checked_down.store(true, Ordering::Relaxed);
+        let next = self.now_ms() + self.policy.down_time.as_millis() as u64;
+        if slot
+            .down_until
+            .compare_exchange(0, next, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.marked_down.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(route, backend, "backend marked down by its health check");
         }
     }
 
@@ -316,6 +352,24 @@ mod tests {
         assert_eq!(h.state(0, 0), State::Down);
         assert!(!h.admit(0, 0));
         assert_eq!(h.marked_down(), 1, "still the same outage");
+    }
+
+    #[test]
+    fn an_active_check_overrides_request_successes_until_it_passes() {
+        let h = health(3, 10);
+        h.checked(0, 0, false);
+        assert_eq!(h.state(0, 0), State::Down, "one failed check is enough");
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!h.admit(0, 0), "no probe while the check says down");
+        h.connected(0, 0);
+        assert_eq!(
+            h.state(0, 0),
+            State::Down,
+            "a connect does not overrule the check"
+        );
+        h.checked(0, 0, true);
+        assert_eq!(h.state(0, 0), State::Up);
+        assert_eq!((h.marked_down(), h.marked_up()), (1, 1));
     }
 
     #[test]

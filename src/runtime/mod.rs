@@ -25,6 +25,7 @@ use tokio::sync::watch;
 
 pub use start_error::{StartError, StartErrors};
 
+use crate::backend;
 use crate::config::Config;
 use crate::metrics::{self, Readiness};
 use crate::net::listener::bind_reuseport;
@@ -45,6 +46,13 @@ pub fn run(cfg: Config) -> Result<(), StartErrors> {
         metrics::serve(listener, Arc::new(registry))
             .map_err(|e| StartError::new("metrics thread", e))?;
     }
+    backend::spawn_checks(
+        &cfg.routes,
+        shared.health.clone(),
+        shared.tls_client.clone(),
+        cfg.timeouts.backend_connect,
+    )
+    .map_err(|e| StartError::new("health check thread", e))?;
     let (stop_tx, stop_rx) = watch::channel(false);
     spawn_signal_thread(stop_tx, lifecycle.clone())?;
 
