@@ -164,11 +164,21 @@ impl Health {
     /// A connection to the backend was opened (TCP and, for `https://`, TLS): it is up.
     pub fn connected(&self, route: usize, backend: usize) {
         let slot = self.slot(route, backend);
-        slot.failures.store(0, Ordering::Relaxed);
+        // Loads first: every new backend connection of every core comes here, and a healthy
+        // backend's line should stay shared in all their caches, not bounce between them.
+        if slot.failures.load(Ordering::Relaxed) != 0 {
+            slot.failures.store(0, Ordering::Relaxed);
+        }
         if slot.checked_down.load(Ordering::Relaxed) {
             return;
         }
-        if slot.down_until.swap(0, Ordering::Relaxed) != 0 {
+        let until = slot.down_until.load(Ordering::Relaxed);
+        if until != 0
+            && slot
+                .down_until
+                .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
             self.marked_up.fetch_add(1, Ordering::Relaxed);
             tracing::info!(route, backend, "backend up again");
         }
