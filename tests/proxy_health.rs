@@ -298,3 +298,40 @@ fn a_backend_in_maintenance_stays_down_though_it_accepts_connections() {
         (503, "no backend up for route /\n")
     );
 }
+
+#[test]
+fn readyz_turns_503_when_the_drain_starts() {
+    let echo = Echo::start();
+    let admin_port = free_port();
+    let mut proxy = Proxy::start(&[
+        "--route",
+        &echo.route(),
+        "--metrics-listen",
+        &format!("127.0.0.1:{admin_port}"),
+    ]);
+    assert!(poll_until(Duration::from_secs(3), || admin(
+        admin_port, "/readyz"
+    )
+    .0 == 200));
+    // A request in flight keeps the process draining (and the admin listener up) a while.
+    let mut slow = proxy.client();
+    slow.send(b"GET /slow?ms=1500 HTTP/1.1\r\nHost: x\r\n\r\n");
+    std::thread::sleep(Duration::from_millis(200));
+    proxy.signal(libc::SIGTERM);
+    let mut seen = (0, String::new());
+    assert!(
+        poll_until(Duration::from_secs(1), || {
+            seen = admin(admin_port, "/readyz");
+            seen.0 == 503
+        }),
+        "{seen:?}"
+    );
+    assert_eq!(seen.1, "draining: shutting down\n");
+    assert_eq!(
+        admin(admin_port, "/healthz").0,
+        200,
+        "still alive while draining"
+    );
+    let r = slow.read_final().expect("the in-flight request finishes");
+    assert_eq!(r.status(), 200);
+}
