@@ -9,8 +9,9 @@
 //! Thread per core. `runtime` starts one pinned OS thread per worker; each runs its own
 //! tokio-uring runtime with its own SO_REUSEPORT listeners, connection slab, buffer pool and
 //! backend connection pool. Nothing on the per-request path takes a lock or crosses a thread,
-//! except the delegated-ticket cache (a short read-locked lookup) and, on a miss, the blocking
-//! pool where every KDC, GSS-API and winbind call runs.
+//! except the delegated-ticket cache (a short read-locked lookup), on a miss, the blocking
+//! pool where every KDC, GSS-API and winbind call runs, and the backends' health (relaxed
+//! atomic loads; written only when a connect fails or a backend changes state).
 //!
 //! ## The phases of one request (`proxy`)
 //!
@@ -36,7 +37,8 @@
 //! - floor 4: [`auth`]: client pre-authentication: the per-connection state machine, NTLM,
 //!   Negotiate, Basic, and the identity only it can mint. [`kcd`]: constrained delegation:
 //!   S4U on the blocking pool, the per-user ticket cache, backend tokens. [`backend`]: backend
-//!   connections, the per-core pool that keeps the identity rule, the choice of a backend.
+//!   connections, the per-core pool that keeps the identity rule, the choice of a backend, the
+//!   backends' passive health.
 //! - floor 3: [`gss`]: everything GSS-API and Kerberos below both `auth` and `kcd`: the bounded
 //!   blocking pool, credentials, ticket reading, the DER reader and the SPNEGO codec.
 //! - floor 2: [`tls`]: rustls server (clients) and client (backends) over the I/O trait; the
@@ -44,7 +46,8 @@
 //! - floor 1: [`net`]: listeners, the owned-buffer I/O trait over tokio-uring, reads and writes
 //!   under a deadline, the buffer pool, the PROXY protocol header. [`http1`]: zero-copy head
 //!   parsing, body framing, head encoding, `Authorization` values. [`accesslog`]: one line per
-//!   request, buffered per core. [`metrics`]: per-worker counters and the Prometheus endpoint.
+//!   request, buffered per core. [`metrics`]: per-worker counters, the Prometheus endpoint,
+//!   `/healthz` and `/readyz`.
 //! - floor 0: [`error`]: the one error type (closed kind, side, context). [`config`]: flags →
 //!   validated [`config::Config`], the route table.
 

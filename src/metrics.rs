@@ -8,7 +8,10 @@
 //! assembles.
 //!
 //! The endpoint is a plain blocking thread, off the cores: it serves one scrape at a time,
-//! reads at most a small request head and never touches a connection of the proxy.
+//! reads at most a small request head and never touches a connection of the proxy. Being the
+//! admin listener, it also answers the probes of a load balancer in front of several proxies:
+//! `/healthz` (the process runs) and `/readyz` (every registered [`Readiness`] check passes:
+//! listeners up, a backend up per route, the proxy's Kerberos login valid).
 
 use std::collections::HashMap;
 use std::fmt::{Display, Write as _};
@@ -164,6 +167,26 @@ impl Exposition {
         }
     }
 
+    /// A gauge family with one label, like [`counters`](Self::counters). Label values are
+    /// escaped as the text format asks (backslash, double quote, newline).
+    pub fn gauges<L: Display, V: Display>(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: &str,
+        samples: impl IntoIterator<Item = (L, V)>,
+    ) {
+        self.family(name, help, "gauge");
+        for (l, v) in samples {
+            let l = l
+                .to_string()
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            let _ = writeln!(self.text, "{name}{{{label}=\"{l}\"}} {v}");
+        }
+    }
+
     /// A gauge without labels.
     pub fn gauge(&mut self, name: &str, help: &str, value: impl Display) {
         self.family(name, help, "gauge");
@@ -272,9 +295,17 @@ impl Source for Workers {
     }
 }
 
-/// What a scrape reads: every source, in order.
+/// One condition of `/readyz`, checked at probe time by the part of the process that knows it
+/// (this module knows none of them).
+pub trait Readiness {
+    /// `Err`: a short line saying what is not ready, for the 503's body.
+    fn ready(&self) -> Result<(), String>;
+}
+
+/// What a scrape reads: every source, in order; and what `/readyz` checks, in order.
 pub struct Registry {
     pub sources: Vec<Arc<dyn Source + Send + Sync>>,
+    pub readiness: Vec<Arc<dyn Readiness + Send + Sync>>,
 }
 
 impl Registry {
@@ -285,6 +316,14 @@ impl Registry {
             s.render(&mut out);
         }
         out.into_text()
+    }
+
+    /// Every check that fails, one line each; empty when ready.
+    pub fn not_ready(&self) -> Vec<String> {
+        self.readiness
+            .iter()
+            .filter_map(|r| r.ready().err())
+            .collect()
     }
 }
 
@@ -332,22 +371,37 @@ fn answer(mut stream: TcpStream, registry: &Registry) -> std::io::Result<()> {
         parts.next().unwrap_or_default(),
     );
     let path = target.split(|&b| b == b'?').next().unwrap_or_default();
-    let (status, ctype, body) = if method == b"GET" && path == b"/metrics" {
-        (
+    const TEXT: &str = "text/plain; charset=utf-8";
+    let get = method == b"GET" || method == b"HEAD";
+    let (status, ctype, body) = match path {
+        b"/metrics" if get => (
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",
             registry.render(),
-        )
-    } else {
-        (
+        ),
+        // Alive as long as this thread answers: the process is up.
+        b"/healthz" if get => ("200 OK", TEXT, "ok\n".to_string()),
+        b"/readyz" if get => {
+            let failed = registry.not_ready();
+            if failed.is_empty() {
+                ("200 OK", TEXT, "ready\n".to_string())
+            } else {
+                let mut body = failed.join("\n");
+                body.push('\n');
+                ("503 Service Unavailable", TEXT, body)
+            }
+        }
+        _ => (
             "404 Not Found",
-            "text/plain; charset=utf-8",
-            "GET /metrics\n".to_string(),
-        )
+            TEXT,
+            "GET /metrics, /healthz or /readyz\n".to_string(),
+        ),
     };
+    // HEAD: the same status and length, no body (RFC 9110 §9.3.2).
+    let len = body.len();
+    let body = if method == b"HEAD" { "" } else { &body[..] };
     let resp = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n{body}",
     );
     stream.write_all(resp.as_bytes())
 }
@@ -410,6 +464,7 @@ mod tests {
         a.delegation("miss", Some(Duration::from_millis(3)));
         let r = Registry {
             sources: vec![Arc::new(Workers(vec![a, b]))],
+            readiness: Vec::new(),
         };
         let text = r.render();
         for want in [
@@ -526,6 +581,7 @@ kcdproxy_client_connections 2
         }
         let r = Registry {
             sources: vec![Arc::new(Fixed("b", 2)), Arc::new(Fixed("a", 1))],
+            readiness: Vec::new(),
         };
         assert_eq!(
             r.render(),

@@ -162,7 +162,14 @@ fn alice_reaches_the_backend_as_herself_with_each_scheme_over_plain_and_tls_back
     let _s = serial();
     let lab = setup();
     for realm in lab.realms() {
-        let (p, _) = start_proxy(lab, realm, &[]);
+        let (p, metrics) = start_proxy(lab, realm, &[]);
+        // Delegating, logged in from the keytab, listeners and backends up: ready.
+        let ready = curl(&[
+            "-w",
+            " %{http_code}",
+            &format!("http://127.0.0.1:{metrics}/readyz"),
+        ]);
+        assert_eq!(ready.stdout, "ready\n 200", "{}", realm.name);
         let want = format!("authenticated as {}", lab.alice.principal(realm));
         let dir = TempDir::new("proxy-krb");
         let ccache = format!("FILE:{}", dir.join("alice.cc").display());

@@ -1,5 +1,6 @@
 //! Backends: connecting (TCP, then TLS for `https://`), the per-core pool of idle connections,
-//! and the choice of a route's backend.
+//! the choice of a route's backend, and the backends' health (passive: connect failures;
+//! active: a route's `check=` path).
 //!
 //! INVARIANT (the pool's, enforced by [`Pool`] itself): a connection authenticated for one user
 //! never carries another user's request. A pooled connection is only ever handed out for the
@@ -10,10 +11,14 @@
 //! connection ([`Private`]) and never enters the shared pool, because the backend ties that
 //! authentication to the TCP connection (RFC 4559 §6; MS-NTHT).
 
+mod check;
 mod connect;
+mod health;
 mod pool;
 mod select;
 
+pub use check::spawn_checks;
 pub use connect::connect;
+pub use health::{Health, HealthPolicy, State};
 pub use pool::{BackendConn, Checkin, Pool, PoolKey, Private};
 pub use select::BackendSets;

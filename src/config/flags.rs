@@ -84,6 +84,20 @@ pub struct Flags {
     )]
     pub backend_connect_timeout: String,
 
+    /// Consecutive failed connects (TCP refused or timed out, TLS handshake failed) after which
+    /// a backend is marked down and skipped (like haproxy's `fall 3`).
+    #[arg(long = "backend-fall", value_name = "N", default_value_t = 3)]
+    pub backend_fall: u32,
+
+    /// How long a backend marked down is skipped before one request probes it again; a
+    /// successful connect brings it back.
+    #[arg(
+        long = "backend-down-time",
+        value_name = "DURATION",
+        default_value = "10s"
+    )]
+    pub backend_down_time: String,
+
     /// Time the backend may take to start a response, or stall while sending one.
     #[arg(
         long = "backend-timeout",

@@ -161,6 +161,10 @@ pub struct Config {
     pub log_level: String,
     pub auth: AuthConfig,
     pub metrics_listen: Option<SocketAddr>,
+    /// Passive backend health: failed connects in a row that mark a backend down.
+    pub backend_fall: u32,
+    /// Passive backend health: how long a down backend is skipped before a probe.
+    pub backend_down_time: Duration,
 }
 
 impl Config {
@@ -277,6 +281,10 @@ impl Config {
             backend_idle: dur("backend-idle-timeout", &f.backend_idle_timeout),
             drain: dur("drain-timeout", &f.drain_timeout),
         };
+        let backend_down_time = dur("backend-down-time", &f.backend_down_time);
+        if f.backend_fall == 0 {
+            errs.push("--backend-fall must be at least 1".into());
+        }
 
         if f.max_header_bytes < 1024 {
             errs.push("--max-header-bytes must be at least 1024".into());
@@ -341,6 +349,8 @@ impl Config {
             log_level: f.log_level.clone(),
             auth,
             metrics_listen,
+            backend_fall: f.backend_fall,
+            backend_down_time,
         })
     }
 }

@@ -7,6 +7,7 @@
 //! `/owa`, `/owa/`, `/owa?x`, not `/owax`.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
 
 /// `http` or `https` to the backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -57,7 +58,7 @@ impl Offer {
 }
 
 /// Per-route options after `;`. Unknown options are configuration errors.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct RouteOptions {
     /// Send the backend's host:port as Host instead of the client's Host (`host=backend`).
     pub rewrite_host: bool,
@@ -79,6 +80,12 @@ pub struct RouteOptions {
     /// Put the backend certificate's `tls-server-end-point` channel binding (RFC 5929) into
     /// the AP-REQ (`channel-binding=tls-server-end-point`; Exchange Extended Protection).
     pub channel_binding: bool,
+    /// Active health check (`check=/owa/healthcheck.htm`): the path GET on every backend of
+    /// the route every `check_interval`; a status other than 2xx/3xx, or no answer, marks the
+    /// backend down until a check passes again.
+    pub check: Option<String>,
+    /// `check-interval=5s` (the default).
+    pub check_interval: Duration,
 }
 
 /// One option a route accepts after `;`: what `--help` prints for it. The parser rejects any
@@ -139,6 +146,19 @@ pub const ROUTE_OPTIONS: &[RouteOption] = &[
                host:port",
         example: "host=backend",
     },
+    RouteOption {
+        name: "check",
+        values: "/PATH",
+        help: "actively check each backend with GET /PATH (2xx/3xx = up, anything else = down \
+               until a check passes), from one thread for the whole process",
+        example: "check=/owa/healthcheck.htm",
+    },
+    RouteOption {
+        name: "check-interval",
+        values: "DURATION",
+        help: "time between two active checks of a backend (default 5s; needs check=)",
+        example: "check-interval=10s",
+    },
 ];
 
 /// The `--route` part of `--help`: one line per [`ROUTE_OPTIONS`] entry.
@@ -157,6 +177,9 @@ pub fn options_help() -> String {
     }
     out
 }
+
+/// Time between two active checks of a backend when the route gives none.
+pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// When a delegating route sends the user's ticket to the backend.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -247,7 +270,17 @@ pub fn parse_route(spec: &str) -> Result<Route, String> {
     for b in rhs.split(',') {
         backends.push(parse_backend(b.trim()).map_err(|e| format!("route `{spec}`: {e}"))?);
     }
-    let mut options = RouteOptions::default();
+    let mut options = RouteOptions {
+        rewrite_host: false,
+        auth: Vec::new(),
+        auth_ua: Vec::new(),
+        spn: None,
+        send_auth: SendAuth::default(),
+        channel_binding: false,
+        check: None,
+        check_interval: DEFAULT_CHECK_INTERVAL,
+    };
+    let mut interval_given = false;
     if let Some(opts) = opts {
         for opt in opts.split(';').filter(|o| !o.is_empty()) {
             let (k, v) = opt.split_once('=').unwrap_or((opt, ""));
@@ -290,6 +323,25 @@ pub fn parse_route(spec: &str) -> Result<Route, String> {
                 ("send-auth", "401") => options.send_auth = SendAuth::On401,
                 ("channel-binding", "tls-server-end-point") => options.channel_binding = true,
                 ("channel-binding", "none") => options.channel_binding = false,
+                ("check", v) => {
+                    // Sent as the request target: an origin-form path, nothing to split a
+                    // request line on (RFC 9112 §3.2.1).
+                    if !v.starts_with('/') || v.bytes().any(|b| !b.is_ascii_graphic()) {
+                        return Err(format!(
+                            "route `{spec}`: check `{v}` is not a path like /owa/healthcheck.htm"
+                        ));
+                    }
+                    options.check = Some(v.to_string());
+                }
+                ("check-interval", v) => {
+                    options.check_interval = super::parse_duration(v)
+                        .ok()
+                        .filter(|d| !d.is_zero())
+                        .ok_or_else(|| {
+                            format!("route `{spec}`: check-interval `{v}` is not a duration > 0")
+                        })?;
+                    interval_given = true;
+                }
                 (k, v) => return Err(format!("route `{spec}`: unknown option `{k}={v}`")),
             }
         }
@@ -298,6 +350,9 @@ pub fn parse_route(spec: &str) -> Result<Route, String> {
         return Err(format!(
             "route `{spec}`: send-auth and channel-binding need spn= (delegation)"
         ));
+    }
+    if interval_given && options.check.is_none() {
+        return Err(format!("route `{spec}`: check-interval needs check=/path"));
     }
     if options.spn.is_some() && options.auth.is_empty() {
         return Err(format!(
@@ -446,6 +501,23 @@ mod tests {
     }
 
     #[test]
+    fn check_options() {
+        let r = parse_route("/owa=http://127.0.0.1:8080;check=/owa/healthcheck.htm").unwrap();
+        assert_eq!(r.options.check.as_deref(), Some("/owa/healthcheck.htm"));
+        assert_eq!(r.options.check_interval, DEFAULT_CHECK_INTERVAL);
+        let r = parse_route("/=http://127.0.0.1:8080;check=/h;check-interval=500ms").unwrap();
+        assert_eq!(r.options.check_interval, Duration::from_millis(500));
+        for bad in [
+            "/=http://127.0.0.1:8080;check=h",
+            "/=http://127.0.0.1:8080;check=/a b",
+            "/=http://127.0.0.1:8080;check=/h;check-interval=0",
+            "/=http://127.0.0.1:8080;check-interval=5s",
+        ] {
+            assert!(parse_route(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn longest_prefix_and_host_preference() {
         let t = table(&[
             "/=http://127.0.0.1:1",
@@ -547,9 +619,9 @@ mod tests {
     fn every_route_option_in_the_table_parses_and_no_other() {
         for o in ROUTE_OPTIONS {
             assert!(o.example.starts_with(&format!("{}=", o.name)), "{o:?}");
-            // spn= and the options that need it, with what they need.
+            // The options that need another (spn=, check=) get it.
             let spec = format!(
-                "/x=http://127.0.0.1:1;auth=ntlm;spn=HTTP/b.test;{}",
+                "/x=http://127.0.0.1:1;auth=ntlm;spn=HTTP/b.test;check=/h;{}",
                 o.example
             );
             parse_route(&spec).unwrap_or_else(|e| panic!("{o:?}: {e}"));

@@ -162,6 +162,8 @@ struct ProxyCred {
     cred: Cred,
     /// Renew (a fresh login from the keytab) from this instant on.
     renew_at: Instant,
+    /// When the credential ends, in seconds since the UNIX epoch.
+    ends_unix: u64,
 }
 
 struct Inner {
@@ -172,6 +174,9 @@ struct Inner {
     /// INVARIANT: locked only on pool threads (and in `new`), around a GSS login at most.
     proxy: Mutex<ProxyCred>,
     cache: TicketCache<Ticket, DelegationError>,
+    /// The end of the proxy's current credential (seconds since the UNIX epoch), readable
+    /// without the `proxy` mutex, which only pool threads take.
+    proxy_ends_unix: AtomicU64,
     /// SPNs (with realm) that a Transition S4U2Proxy succeeded for: see `refine_refusal`.
     /// Bounded by the configured routes' SPNs (only SPNs the KDC granted get in).
     good_spns: RwLock<HashSet<String>>,
@@ -217,6 +222,7 @@ impl Delegator {
                 cfg,
                 realm,
                 pool,
+                proxy_ends_unix: AtomicU64::new(proxy.ends_unix),
                 proxy: Mutex::new(proxy),
                 cache,
                 good_spns: RwLock::new(HashSet::new()),
@@ -345,6 +351,19 @@ impl Delegator {
     /// A snapshot of the counters.
     pub fn stats(&self) -> DelegationStats {
         self.inner.stats.snapshot(self.inner.cache.len() as u64)
+    }
+
+    /// Whether the proxy's own login (its TGT from the keytab) is still valid. It is renewed
+    /// ahead of its end on the first delegation after `refresh_ahead`; when the KDC or the
+    /// keytab keeps that renewal failing, the credential runs out and no user can be
+    /// delegated. Cheap (one atomic), for `/readyz`.
+    pub fn proxy_login_valid(&self) -> bool {
+        unix_now() < self.inner.proxy_ends_unix.load(Ordering::Relaxed)
+    }
+
+    /// The login principal, for messages.
+    pub fn login_principal(&self) -> &str {
+        &self.inner.cfg.login
     }
 }
 
@@ -572,6 +591,8 @@ impl Inner {
         if Instant::now() >= proxy.renew_at {
             // Other pool threads wait here for the renewal rather than start their own.
             *proxy = login(&self.cfg, &self.stats)?;
+            self.proxy_ends_unix
+                .store(proxy.ends_unix, Ordering::Relaxed);
         }
         Ok(proxy.cred.clone())
     }
@@ -613,7 +634,15 @@ fn login(cfg: &DelegationConfig, stats: &Counters) -> Result<ProxyCred, Delegati
     Ok(ProxyCred {
         cred,
         renew_at: Instant::now() + renew_in,
+        ends_unix: unix_now() + left.as_secs(),
     })
+}
+
+/// Seconds since the UNIX epoch (0 on a clock before it).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The credential's name, for comparing with a principal.

@@ -3,11 +3,25 @@
 
 use super::delegate::Delegator;
 use super::stats::DelegationStats;
-use crate::metrics::{Exposition, Seconds, Source};
+use crate::metrics::{Exposition, Readiness, Seconds, Source};
 
 impl Source for Delegator {
     fn render(&self, out: &mut Exposition) {
         render_stats(&self.stats(), out);
+    }
+}
+
+/// `/readyz`: without a valid login of its own the proxy can delegate for nobody.
+impl Readiness for Delegator {
+    fn ready(&self) -> Result<(), String> {
+        if self.proxy_login_valid() {
+            Ok(())
+        } else {
+            Err(format!(
+                "delegation: the proxy's Kerberos login {} has expired (renewal failing)",
+                self.login_principal()
+            ))
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 use crate::accesslog::AccessLog;
 use crate::auth::ntlm::NtHashStore;
 use crate::auth::{AuthCtx, AuthServices};
-use crate::backend::{BackendSets, Pool};
+use crate::backend::{BackendSets, Health, Pool};
 use crate::config::Config;
 use crate::gss::BlockingPool;
 use crate::http1::Limits;
@@ -34,6 +34,9 @@ pub struct Shared {
     pub blocking_pool: Option<Arc<BlockingPool>>,
     /// One per worker, by worker id; read by the metrics endpoint.
     pub worker_metrics: Vec<Arc<WorkerMetrics>>,
+    /// Every backend's health, shared by all cores (see `backend::Health` for why shared),
+    /// read by the metrics endpoint and `/readyz`.
+    pub health: Arc<Health>,
 }
 
 /// A live client connection, as the worker's slab records it.
@@ -95,7 +98,7 @@ impl WorkerCtx {
                 max_headers: cfg.max_headers,
                 max_request_line: MAX_REQUEST_LINE.min(cfg.max_header_bytes),
             },
-            backends: BackendSets::new(&cfg.routes, id),
+            backends: BackendSets::new(&cfg.routes, id, Arc::clone(&shared.health)),
             host_override,
             spns,
             pool: RefCell::new(Pool::new(cfg.backend_pool_size, cfg.timeouts.backend_idle)),

@@ -13,7 +13,7 @@ use super::ctx::WorkerCtx;
 use super::pump::{pump_request, ReqBody};
 use super::relay::{relay_response, HeadGate, RelayError, RespDone, RespReq};
 use super::retry::{Attempt, Cause};
-use super::route::Routed;
+use super::route::{self, Routed};
 use super::session::{Done, Failed, Next, Session};
 use super::ticket::{self, DelegGate, Delegation, Ticket};
 use super::Client;
@@ -49,7 +49,7 @@ pub(super) async fn forward(
     ctx: &WorkerCtx,
     s: &mut Session,
     req: &Routed,
-    backend: Rc<Backend>,
+    mut backend: Rc<Backend>,
     protected: bool,
     resp_headers: Vec<(&'static str, Vec<u8>)>,
 ) -> Result<Done, Failed> {
@@ -66,9 +66,29 @@ pub(super) async fn forward(
     let mut continue_sent = false;
     loop {
         let retryable = body.is_none();
-        let (mut bconn, reused) = checkout(c, ctx, &backend, attempt, retryable, &identity, &deleg)
-            .await
-            .map_err(|e| (e, bodyless))?;
+        let conn = checkout(
+            c, ctx, req.route, &backend, attempt, retryable, &identity, &deleg,
+        );
+        let (mut bconn, reused) = match conn.await {
+            Ok(b) => b,
+            Err(e) => {
+                // Nothing reached the backend: another backend of the route may serve it.
+                let next = attempt.after(Cause::ConnectFailed).and_then(|next| {
+                    let other = route::other_backend(c, ctx, &s.head, req.route, &backend)?;
+                    Some((next, other))
+                });
+                match next {
+                    Some((next, other)) => {
+                        tracing::info!(error = %e, to = %other.display(), "connect failed: retrying on another backend");
+                        attempt = next;
+                        s.facts.backend = Some(other.clone());
+                        backend = other;
+                        continue;
+                    }
+                    None => return Err((e, bodyless)),
+                }
+            }
+        };
         s.facts.reused = reused;
         let gate = DelegGate::default();
         let has_body = body.is_some();
@@ -212,10 +232,14 @@ fn start_body(c: &Client, s: &mut Session, req: &Routed) -> Result<Option<ReqBod
 }
 
 /// The backend connection for this attempt: an idle one for the same key (see
-/// [`backend::Pool::checkout`]), else a new one. Also says whether it was reused.
+/// [`backend::Pool::checkout`]), else a new one, whose connect (success or failure) is the
+/// backend's health evidence. Also says whether it was reused. An error is always a failed
+/// connect: nothing was sent.
+#[allow(clippy::too_many_arguments)] // the phase's inputs, each used once
 async fn checkout(
     c: &mut Client,
     ctx: &WorkerCtx,
+    route: usize,
     backend: &Rc<Backend>,
     attempt: Attempt,
     retryable: bool,
@@ -243,8 +267,19 @@ async fn checkout(
     }
     let cfg = &ctx.shared.cfg;
     let tls = ctx.shared.tls_client.as_ref();
-    let stream = backend::connect(backend, tls, cfg.timeouts.backend_connect).await?;
-    Ok((BackendConn::new(stream, key), false))
+    match backend::connect(backend, tls, cfg.timeouts.backend_connect).await {
+        Ok(stream) => {
+            ctx.backends.connected(route, backend);
+            Ok((BackendConn::new(stream, key), false))
+        }
+        Err(e) => {
+            // A missing TLS client config is the proxy's fault, not the backend's.
+            if e.kind != ErrorKind::Internal {
+                ctx.backends.connect_failed(route, backend);
+            }
+            Err(e)
+        }
+    }
 }
 
 fn put_back(c: &mut Client, ctx: &WorkerCtx, conn: BackendConn, how: Checkin) {

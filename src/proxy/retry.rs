@@ -6,7 +6,8 @@
 //! a pooled connection the backend had closed (the head could not be written, or not a byte of
 //! response came back), and a backend 401 to a request the proxy sent without the user's
 //! ticket (`send-auth=401`, or a backend that does not keep Kerberos per connection) — the
-//! retry carries the ticket. A backend 401 is never the client's problem (MS-SFU 3.1.5.2;
+//! retry carries the ticket — and a connect to the backend that failed (refused, timed out, TLS
+//! handshake): nothing was sent, so the retry goes to another backend of the route that is up. A backend 401 is never the client's problem (MS-SFU 3.1.5.2;
 //! TMG's redirect in that case lost POST bodies, KB 951508).
 
 /// Why an attempt failed in a way that another attempt can mend.
@@ -18,6 +19,9 @@ pub(super) enum Cause {
     EmptyReply,
     /// The backend answered 401 to a request sent without the user's ticket.
     TicketWanted,
+    /// No connection to the backend could be opened: not a byte was sent. The retry goes to
+    /// another backend of the route (the caller picks it).
+    ConnectFailed,
 }
 
 /// How one attempt is made.
@@ -58,14 +62,20 @@ mod tests {
 
     #[test]
     fn one_retry_on_a_fresh_connection() {
-        for cause in [Cause::StaleOnWrite, Cause::EmptyReply, Cause::TicketWanted] {
+        let all = [
+            Cause::StaleOnWrite,
+            Cause::EmptyReply,
+            Cause::TicketWanted,
+            Cause::ConnectFailed,
+        ];
+        for cause in all {
             let second = Attempt::FIRST
                 .after(cause)
                 .expect("first failure is retried");
             assert!(second.fresh);
             assert_eq!(second.number, 1);
             assert_eq!(second.force_ticket, cause == Cause::TicketWanted);
-            for again in [Cause::StaleOnWrite, Cause::EmptyReply, Cause::TicketWanted] {
+            for again in all {
                 assert_eq!(second.after(again), None, "{cause:?} then {again:?}");
             }
         }

@@ -44,21 +44,44 @@ pub(super) fn route(c: &Client, ctx: &WorkerCtx, head: &RequestHead) -> Result<R
 
 /// The backend for an authenticated request. RPC over HTTP: the IN and OUT channels of one
 /// virtual connection carry the same `?server:port` target from the same client, so that pair
-/// picks the backend (MS-RPCH); everything else is round robin.
+/// picks the backend (MS-RPCH); everything else is round robin. Both skip backends that are
+/// down (`backend::Health`).
 pub(super) fn choose_backend(
     c: &Client,
     ctx: &WorkerCtx,
     head: &RequestHead,
     route: usize,
 ) -> Rc<Backend> {
-    let method = head.method(&c.buf);
-    if method == b"RPC_IN_DATA" || method == b"RPC_OUT_DATA" {
-        let ip = match c.peer.ip() {
-            std::net::IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
-            std::net::IpAddr::V6(a) => a.octets(),
-        };
-        ctx.backends.pick_by(route, &[&ip, head.target(&c.buf)])
-    } else {
-        ctx.backends.pick(route)
+    match rpc_key(c, head) {
+        Some((ip, target)) => ctx.backends.pick_by(route, &[&ip, target]),
+        None => ctx.backends.pick(route),
     }
+}
+
+/// Another backend than `failed` for the one retry after a failed connect, chosen the same
+/// way (an RPC pair's retries meet on the same server); `None` when no other is up.
+pub(super) fn other_backend(
+    c: &Client,
+    ctx: &WorkerCtx,
+    head: &RequestHead,
+    route: usize,
+    failed: &Rc<Backend>,
+) -> Option<Rc<Backend>> {
+    match rpc_key(c, head) {
+        Some((ip, target)) => ctx.backends.pick_other(route, failed, Some(&[&ip, target])),
+        None => ctx.backends.pick_other(route, failed, None),
+    }
+}
+
+/// What ties an RPC-over-HTTP request to its pair: the client address and the target.
+fn rpc_key<'b>(c: &'b Client, head: &RequestHead) -> Option<([u8; 16], &'b [u8])> {
+    let method = head.method(&c.buf);
+    if method != b"RPC_IN_DATA" && method != b"RPC_OUT_DATA" {
+        return None;
+    }
+    let ip = match c.peer.ip() {
+        std::net::IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        std::net::IpAddr::V6(a) => a.octets(),
+    };
+    Some((ip, head.target(&c.buf)))
 }

@@ -17,10 +17,11 @@ use super::start_error::{StartError, StartErrors};
 use crate::accesslog::Sink;
 use crate::auth::ntlm::{LocalBackend, NtHashStore, NtlmAcceptor, NtlmConfig, VerifyPolicy};
 use crate::auth::{AuthCtx, AuthServices, IdentityMap};
+use crate::backend::{Health, HealthPolicy};
 use crate::config::{Config, Scheme};
 use crate::gss::BlockingPool;
 use crate::kcd::{DelegationConfig, Delegator};
-use crate::metrics::{Registry, Source, WorkerMetrics, Workers};
+use crate::metrics::{Readiness, Registry, Source, WorkerMetrics, Workers};
 use crate::proxy::ctx::Shared;
 use crate::tls;
 
@@ -75,6 +76,13 @@ pub fn shared(cfg: Config) -> Result<Shared, StartErrors> {
     let worker_metrics = (0..cfg.workers)
         .map(|_| Arc::new(WorkerMetrics::default()))
         .collect();
+    let health = Arc::new(Health::new(
+        &cfg.routes,
+        HealthPolicy {
+            fall: cfg.backend_fall,
+            down_time: cfg.backend_down_time,
+        },
+    ));
     Ok(Shared {
         cfg,
         tls_server,
@@ -84,6 +92,7 @@ pub fn shared(cfg: Config) -> Result<Shared, StartErrors> {
         delegator,
         blocking_pool,
         worker_metrics,
+        health,
     })
 }
 
@@ -160,8 +169,10 @@ pub fn access_log(cfg: &Config) -> Result<Sink, StartError> {
 }
 
 /// What the metrics endpoint renders, in exposition order: the workers' counters, then the
-/// KDC pool's, the authentication services' and the delegation engine's, those that exist.
-pub fn registry(shared: &Shared) -> Registry {
+/// KDC pool's, the authentication services' and the delegation engine's, those that exist,
+/// then the backends' health. `/readyz` checks the process's `lifecycle` (listeners up, not
+/// draining), a backend up per route, and the proxy's Kerberos login when it delegates.
+pub fn registry(shared: &Shared, lifecycle: Arc<dyn Readiness + Send + Sync>) -> Registry {
     let mut sources: Vec<Arc<dyn Source + Send + Sync>> =
         vec![Arc::new(Workers(shared.worker_metrics.clone()))];
     if let Some(pool) = &shared.blocking_pool {
@@ -171,7 +182,13 @@ pub fn registry(shared: &Shared) -> Registry {
     if let Some(d) = &shared.delegator {
         sources.push(d.clone());
     }
-    Registry { sources }
+    sources.push(shared.health.clone());
+    let mut readiness: Vec<Arc<dyn Readiness + Send + Sync>> =
+        vec![lifecycle, shared.health.clone()];
+    if let Some(d) = &shared.delegator {
+        readiness.push(d.clone());
+    }
+    Registry { sources, readiness }
 }
 
 #[cfg(test)]
@@ -193,6 +210,18 @@ mod tests {
         ];
         args.extend_from_slice(extra);
         Config::from_flags(&Flags::parse_from(args)).unwrap()
+    }
+
+    /// The registry of a process that is serving.
+    fn registry(shared: &Shared) -> Registry {
+        super::registry(shared, Arc::new(Serving))
+    }
+
+    struct Serving;
+    impl Readiness for Serving {
+        fn ready(&self) -> Result<(), String> {
+            Ok(())
+        }
     }
 
     /// The metric families' names, in the order a scrape shows them.
@@ -217,10 +246,27 @@ mod tests {
             f.first().map(String::as_str),
             Some("kcdproxy_responses_total")
         );
+        let tail: Vec<&str> = f.iter().rev().take(5).rev().map(String::as_str).collect();
         assert_eq!(
-            f.last().map(String::as_str),
-            Some("kcdproxy_basic_cache_entries")
+            tail,
+            [
+                "kcdproxy_basic_cache_entries",
+                "kcdproxy_backends",
+                "kcdproxy_backends_up",
+                "kcdproxy_backend_marked_down_total",
+                "kcdproxy_backend_marked_up_total",
+            ]
         );
+        let r = registry(&shared);
+        assert!(r.not_ready().is_empty(), "{:?}", r.not_ready());
+    }
+
+    /// `/readyz` names what is not ready: here every backend of the route is down.
+    #[test]
+    fn not_ready_while_a_route_has_no_backend_up() {
+        let shared = shared(config(&["--backend-fall", "1"])).unwrap();
+        shared.health.connect_failed(0, 0);
+        assert_eq!(registry(&shared).not_ready(), ["no backend up for route /"]);
     }
 
     /// The order scrapers have always seen: workers, KDC pool, authentication.
@@ -229,7 +275,14 @@ mod tests {
         let mut shared = shared(config(&[])).unwrap();
         shared.blocking_pool = Some(Arc::new(BlockingPool::new(1, 1).unwrap()));
         let f = families(&registry(&shared));
-        let tail: Vec<&str> = f.iter().rev().take(4).rev().map(String::as_str).collect();
+        let end = f.iter().position(|n| n == "kcdproxy_basic_cache_entries");
+        let tail: Vec<&str> = f[..=end.unwrap()]
+            .iter()
+            .rev()
+            .take(4)
+            .rev()
+            .map(String::as_str)
+            .collect();
         assert_eq!(
             tail,
             [

@@ -9,12 +9,15 @@
 //! Shutdown: the first SIGTERM/SIGINT starts a drain: every worker stops accepting (its
 //! listening sockets are shut down, so new connections are refused), idle connections close,
 //! and in-flight requests may finish until `--drain-timeout`. A second signal exits at once.
+//! `/readyz` on the metrics listener answers 503 from the start of the drain ([`Lifecycle`]),
+//! so a balancer's probe sees it before the listeners close.
 
 pub mod assemble;
 mod start_error;
 mod worker;
 
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -22,8 +25,9 @@ use tokio::sync::watch;
 
 pub use start_error::{StartError, StartErrors};
 
+use crate::backend;
 use crate::config::{Config, Listener};
-use crate::metrics;
+use crate::metrics::{self, Readiness};
 use crate::net::{self, listener::bind_reuseport};
 use crate::proxy::ctx::Shared;
 
@@ -34,14 +38,23 @@ pub fn run(cfg: Config) -> Result<(), StartErrors> {
     let cfg = &shared.cfg;
     let sink = assemble::access_log(cfg)?;
     let sockets = bind(cfg)?;
+    let lifecycle = Arc::new(Lifecycle::default());
     if let Some(addr) = cfg.metrics_listen {
         let listener = metrics::bind(addr)
             .map_err(|e| StartError::new(format!("--metrics-listen {addr}"), e))?;
-        metrics::serve(listener, Arc::new(assemble::registry(&shared)))
+        let registry = assemble::registry(&shared, lifecycle.clone());
+        metrics::serve(listener, Arc::new(registry))
             .map_err(|e| StartError::new("metrics thread", e))?;
     }
+    backend::spawn_checks(
+        &cfg.routes,
+        shared.health.clone(),
+        shared.tls_client.clone(),
+        cfg.timeouts.backend_connect,
+    )
+    .map_err(|e| StartError::new("health check thread", e))?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    spawn_signal_thread(stop_tx)?;
+    spawn_signal_thread(stop_tx, lifecycle.clone())?;
 
     let mut threads = Vec::with_capacity(cfg.workers);
     for (id, listeners) in sockets.into_iter().enumerate() {
@@ -55,6 +68,9 @@ pub fn run(cfg: Config) -> Result<(), StartErrors> {
             .map_err(|e| StartError::new(format!("spawning worker {id}"), e))?;
         threads.push(t);
     }
+    // Every listening socket was bound (and listens) before the workers started: connections
+    // queue from now on even before a worker's first accept.
+    lifecycle.serving.store(true, Ordering::Relaxed);
     tracing::info!(
         workers = cfg.workers,
         listeners = ?cfg.listeners.iter().map(|l| (l.addr, l.tls)).collect::<Vec<_>>(),
@@ -138,7 +154,30 @@ fn join(threads: Vec<JoinHandle<Result<(), String>>>) -> Result<(), StartErrors>
     failed.or_ok(())
 }
 
-fn spawn_signal_thread(stop: watch::Sender<bool>) -> Result<(), StartError> {
+/// The process's own part of `/readyz`: serving once every worker has started with its
+/// listening sockets, not ready again once a drain begins.
+#[derive(Default)]
+pub struct Lifecycle {
+    serving: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl Readiness for Lifecycle {
+    fn ready(&self) -> Result<(), String> {
+        if self.draining.load(Ordering::Relaxed) {
+            Err("draining: shutting down".into())
+        } else if !self.serving.load(Ordering::Relaxed) {
+            Err("starting: listeners not up yet".into())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn spawn_signal_thread(
+    stop: watch::Sender<bool>,
+    lifecycle: Arc<Lifecycle>,
+) -> Result<(), StartError> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
         .map_err(|e| StartError::new("signal handler", e))?;
@@ -149,6 +188,7 @@ fn spawn_signal_thread(stop: watch::Sender<bool>) -> Result<(), StartError> {
             for sig in signals.forever() {
                 seen += 1;
                 if seen == 1 {
+                    lifecycle.draining.store(true, Ordering::Relaxed);
                     tracing::info!(
                         signal = sig,
                         "draining: no new connections, finishing in-flight requests"

@@ -91,8 +91,19 @@ impl Echo {
         Echo::spawn(Some(certs::server_config(pair)))
     }
 
+    /// Starts a plain HTTP echo server on `port` of 127.0.0.1 (a backend that comes back).
+    pub fn start_on(port: u16) -> Echo {
+        let listener = TcpListener::bind(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("echo: bind 127.0.0.1:{port}: {e}"));
+        Echo::serve_on(listener, None)
+    }
+
     fn spawn(tls: Option<Arc<rustls::ServerConfig>>) -> Echo {
         let listener = TcpListener::bind("127.0.0.1:0").expect("echo: bind 127.0.0.1:0");
+        Echo::serve_on(listener, tls)
+    }
+
+    fn serve_on(listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) -> Echo {
         let addr = listener.local_addr().expect("echo: local_addr");
         let shared = Arc::new(Shared {
             port: addr.port(),
