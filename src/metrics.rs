@@ -161,14 +161,10 @@ impl Exposition {
         label: &str,
         samples: impl IntoIterator<Item = (L, V)>,
     ) {
-        self.family(name, help, "counter");
-        for (l, v) in samples {
-            let _ = writeln!(self.text, "{name}{{{label}=\"{l}\"}} {v}");
-        }
+        self.labelled(name, help, "counter", label, samples);
     }
 
-    /// A gauge family with one label, like [`counters`](Self::counters). Label values are
-    /// escaped as the text format asks (backslash, double quote, newline).
+    /// A gauge family with one label, like [`counters`](Self::counters).
     pub fn gauges<L: Display, V: Display>(
         &mut self,
         name: &str,
@@ -176,7 +172,20 @@ impl Exposition {
         label: &str,
         samples: impl IntoIterator<Item = (L, V)>,
     ) {
-        self.family(name, help, "gauge");
+        self.labelled(name, help, "gauge", label, samples);
+    }
+
+    /// A family of `kind` with one label. Label values are escaped as the text format asks
+    /// (backslash, double quote, newline): fixed tokens pass unchanged, route labels may not.
+    fn labelled<L: Display, V: Display>(
+        &mut self,
+        name: &str,
+        help: &str,
+        kind: &str,
+        label: &str,
+        samples: impl IntoIterator<Item = (L, V)>,
+    ) {
+        self.family(name, help, kind);
         for (l, v) in samples {
             let l = l
                 .to_string()
