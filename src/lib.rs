@@ -32,7 +32,8 @@
 //! (`tests/layering.rs` reads this list and checks every `crate::` path under `src/`):
 //!
 //! - floor 6: [`runtime`]: assembles the process (config → shared state → workers → metrics
-//!   registry), pinned worker threads, signals and graceful drain.
+//!   registry), pinned worker threads, signals and graceful drain, systemd's readiness
+//!   notification.
 //! - floor 5: [`proxy`]: the phase sequence above, body streaming, error answers, the log line.
 //! - floor 4: [`auth`]: client pre-authentication: the per-connection state machine, NTLM,
 //!   Negotiate, Basic, and the identity only it can mint. [`kcd`]: constrained delegation:

@@ -11,8 +11,12 @@
 //! and in-flight requests may finish until `--drain-timeout`. A second signal exits at once.
 //! `/readyz` on the metrics listener answers 503 from the start of the drain ([`Lifecycle`]),
 //! so a balancer's probe sees it before the listeners close.
+//!
+//! systemd: both changes of the [`Lifecycle`] are also told to the service manager when it
+//! asked for them ([`notify`]: `READY=1` once serving, `STOPPING=1` when the drain starts).
 
 pub mod assemble;
+pub mod notify;
 mod start_error;
 mod worker;
 
@@ -38,7 +42,7 @@ pub fn run(cfg: Config) -> Result<(), StartErrors> {
     let cfg = &shared.cfg;
     let sink = assemble::access_log(cfg)?;
     let sockets = bind(cfg)?;
-    let lifecycle = Arc::new(Lifecycle::default());
+    let lifecycle = Arc::new(Lifecycle::new(notify::Notifier::from_env()));
     if let Some(addr) = cfg.metrics_listen {
         let listener = metrics::bind(addr)
             .map_err(|e| StartError::new(format!("--metrics-listen {addr}"), e))?;
@@ -70,7 +74,15 @@ pub fn run(cfg: Config) -> Result<(), StartErrors> {
     }
     // Every listening socket was bound (and listens) before the workers started: connections
     // queue from now on even before a worker's first accept.
-    lifecycle.serving.store(true, Ordering::Relaxed);
+    lifecycle.serving(&format!(
+        "serving on {} with {} workers",
+        cfg.listeners
+            .iter()
+            .map(|l| l.addr.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        cfg.workers
+    ));
     tracing::info!(
         workers = cfg.workers,
         listeners = ?cfg.listeners.iter().map(|l| (l.addr, l.tls)).collect::<Vec<_>>(),
@@ -155,11 +167,38 @@ fn join(threads: Vec<JoinHandle<Result<(), String>>>) -> Result<(), StartErrors>
 }
 
 /// The process's own part of `/readyz`: serving once every worker has started with its
-/// listening sockets, not ready again once a drain begins.
-#[derive(Default)]
+/// listening sockets, not ready again once a drain begins. Each change is also sent to systemd
+/// when it started the process as `Type=notify` ([`notify`]).
 pub struct Lifecycle {
     serving: AtomicBool,
     draining: AtomicBool,
+    notify: Option<notify::Notifier>,
+}
+
+impl Lifecycle {
+    pub fn new(notify: Option<notify::Notifier>) -> Lifecycle {
+        Lifecycle {
+            serving: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            notify,
+        }
+    }
+
+    /// Every worker has its listening sockets: ready, and `READY=1` with `status`.
+    fn serving(&self, status: &str) {
+        self.serving.store(true, Ordering::Relaxed);
+        if let Some(n) = &self.notify {
+            n.ready(status);
+        }
+    }
+
+    /// The drain has started: not ready, and `STOPPING=1`.
+    fn draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        if let Some(n) = &self.notify {
+            n.stopping("draining: finishing in-flight requests");
+        }
+    }
 }
 
 impl Readiness for Lifecycle {
@@ -188,7 +227,7 @@ fn spawn_signal_thread(
             for sig in signals.forever() {
                 seen += 1;
                 if seen == 1 {
-                    lifecycle.draining.store(true, Ordering::Relaxed);
+                    lifecycle.draining();
                     tracing::info!(
                         signal = sig,
                         "draining: no new connections, finishing in-flight requests"
