@@ -22,7 +22,7 @@ mod worker;
 
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use tokio::sync::watch;
@@ -60,29 +60,36 @@ pub fn run(cfg: Config) -> Result<(), StartErrors> {
     let (stop_tx, stop_rx) = watch::channel(false);
     spawn_signal_thread(stop_tx, lifecycle.clone())?;
 
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
     let mut threads = Vec::with_capacity(cfg.workers);
     for (id, listeners) in sockets.into_iter().enumerate() {
         let shared = shared.clone();
         let cpu = shared.cfg.cpus.get(id).copied();
         let stop = stop_rx.clone();
         let sink = sink.clone();
+        let started = started_tx.clone();
         let t = std::thread::Builder::new()
             .name(format!("kcd-worker-{id}"))
-            .spawn(move || worker::run(id, cpu, listeners, shared, sink, stop))
+            .spawn(move || worker::run(id, cpu, listeners, shared, sink, stop, started))
             .map_err(|e| StartError::new(format!("spawning worker {id}"), e))?;
         threads.push(t);
     }
-    // Every listening socket was bound (and listens) before the workers started: connections
-    // queue from now on even before a worker's first accept.
-    lifecycle.serving(&format!(
-        "serving on {} with {} workers",
-        cfg.listeners
-            .iter()
-            .map(|l| l.addr.to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
-        cfg.workers
-    ));
+    // Every listening socket was bound (and listens) before the workers started, and each
+    // worker says when its accept loops run. Serving (and systemd's READY=1) only once all of
+    // them do: a worker that could not start (no io_uring ring, no CPU to pin to) says
+    // nothing, the count ends short when its sender is dropped, and `join` reports it.
+    drop(started_tx);
+    if started_rx.iter().take(cfg.workers).count() == cfg.workers {
+        lifecycle.serving(&format!(
+            "serving on {} with {} workers",
+            cfg.listeners
+                .iter()
+                .map(|l| l.addr.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            cfg.workers
+        ));
+    }
     tracing::info!(
         workers = cfg.workers,
         listeners = ?cfg.listeners.iter().map(|l| (l.addr, l.tls)).collect::<Vec<_>>(),
@@ -166,13 +173,16 @@ fn join(threads: Vec<JoinHandle<Result<(), String>>>) -> Result<(), StartErrors>
     failed.or_ok(())
 }
 
-/// The process's own part of `/readyz`: serving once every worker has started with its
-/// listening sockets, not ready again once a drain begins. Each change is also sent to systemd
+/// The process's own part of `/readyz`: serving once every worker accepts on its listening
+/// sockets, not ready again once a drain begins. Each change is also sent to systemd
 /// when it started the process as `Type=notify` ([`notify`]).
 pub struct Lifecycle {
     serving: AtomicBool,
     draining: AtomicBool,
-    notify: Option<notify::Notifier>,
+    /// Held while a change is recorded and sent, so systemd hears them in the order they
+    /// happened: a drain that starts while the workers are starting is never followed by
+    /// `READY=1`.
+    notify: Mutex<Option<notify::Notifier>>,
 }
 
 impl Lifecycle {
@@ -180,22 +190,27 @@ impl Lifecycle {
         Lifecycle {
             serving: AtomicBool::new(false),
             draining: AtomicBool::new(false),
-            notify,
+            notify: Mutex::new(notify),
         }
     }
 
-    /// Every worker has its listening sockets: ready, and `READY=1` with `status`.
+    /// Every worker accepts on its listening sockets: ready, and `READY=1` with `status`
+    /// unless a drain has already begun.
     fn serving(&self, status: &str) {
+        let notify = self.notify.lock().unwrap_or_else(|e| e.into_inner());
         self.serving.store(true, Ordering::Relaxed);
-        if let Some(n) = &self.notify {
-            n.ready(status);
+        if let Some(n) = notify.as_ref() {
+            if !self.draining.load(Ordering::Relaxed) {
+                n.ready(status);
+            }
         }
     }
 
     /// The drain has started: not ready, and `STOPPING=1`.
     fn draining(&self) {
+        let notify = self.notify.lock().unwrap_or_else(|e| e.into_inner());
         self.draining.store(true, Ordering::Relaxed);
-        if let Some(n) = &self.notify {
+        if let Some(n) = notify.as_ref() {
             n.stopping("draining: finishing in-flight requests");
         }
     }

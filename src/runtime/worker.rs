@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -28,6 +28,7 @@ pub fn run(
     shared: Arc<Shared>,
     sink: Sink,
     mut stop: watch::Receiver<bool>,
+    started: mpsc::Sender<usize>,
 ) -> Result<(), String> {
     if let Some(cpu) = cpu {
         pin_to(cpu).map_err(|e| format!("pinning to CPU {cpu}: {e}"))?;
@@ -48,6 +49,11 @@ pub fn run(
             tokio_uring::spawn(accept_loop(l, tls, ctx.clone()));
         }
         tokio_uring::spawn(housekeeping(ctx.clone()));
+        // Accepting from here on: `runtime::run` counts these before telling systemd READY=1.
+        // Dropped at once, so that the count ends when every worker has either said so or
+        // failed (a worker that fails before this point drops it without a word).
+        let _ = started.send(id);
+        drop(started);
 
         let _ = stop.wait_for(|s| *s).await;
         // Stop listening first, while the accept loops still own their listeners (so the fds
