@@ -33,14 +33,38 @@ impl Sink {
             AccessLogDest::Off => Sink::Off,
             AccessLogDest::Stdout => Sink::Stdout,
             AccessLogDest::Stderr => Sink::Stderr,
-            AccessLogDest::File(p) => Sink::File(Arc::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)?,
-            )),
+            AccessLogDest::File(p) => Sink::File(Arc::new(open_append(p)?)),
         })
     }
+
+    /// Opens the log file at its path again and makes every writer write there: what log
+    /// rotation needs after it renamed the file (logrotate's `postrotate` sends SIGHUP). The new
+    /// file takes the old one's descriptor number (dup2(2)), so the workers, which share the
+    /// descriptor, switch over without a lock on their path and without losing a line: a write
+    /// goes wholly to the old file or wholly to the new one. No-op for stdout, stderr and off.
+    pub fn reopen(&self, dest: &AccessLogDest) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let (Sink::File(file), AccessLogDest::File(path)) = (self, dest) else {
+            return Ok(());
+        };
+        let new = open_append(path)?;
+        // SAFETY: both descriptors are open and owned for the duration of the call (`new`
+        // here, `file` by the shared `Arc`); dup2 atomically closes the old file behind
+        // `file`'s number and makes that number refer to `new`'s open file, which stays open
+        // after `new` is dropped.
+        let rc = unsafe { libc::dup2(new.as_raw_fd(), file.as_raw_fd()) };
+        if rc < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+fn open_append(path: &std::path::Path) -> std::io::Result<File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
 }
 
 /// What one request did. Fields are borrowed from the request buffer: nothing is copied until

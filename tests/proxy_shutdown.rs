@@ -160,3 +160,52 @@ fn sigint_also_shuts_down_gracefully() {
     );
     assert!(refused(proxy.port()));
 }
+
+/// SIGHUP, as logrotate's `postrotate` sends it, reopens the access log at its path and changes
+/// nothing else: the proxy keeps serving (a HUP's default action would have killed it), the
+/// keep-alive connection survives, the rotated file keeps the lines written before and the new
+/// file gets the ones after.
+#[test]
+fn sighup_reopens_the_access_log_and_keeps_serving() {
+    let (_echo, mut proxy) = setup("5s");
+    let mut c = proxy.client();
+    assert_eq!(c.get("/before-rotation").status(), 200);
+    proxy.wait_log_path("/before-rotation");
+
+    let log = proxy.dir().join("access.log");
+    let rotated = proxy.dir().join("access.log.1");
+    std::fs::rename(&log, &rotated).expect("rotate the access log");
+    proxy.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !log.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no new access log 5 s after SIGHUP; stderr:\n{}",
+            proxy.stderr_tail()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(proxy.try_exit().is_none(), "SIGHUP stopped the proxy");
+
+    assert_eq!(
+        c.get("/after-rotation").status(),
+        200,
+        "same keep-alive connection"
+    );
+    assert_eq!(proxy.client().get("/new-connection").status(), 200);
+    proxy.wait_log_path("/after-rotation");
+    proxy.wait_log_path("/new-connection");
+    let new_log = std::fs::read_to_string(&log).expect("new access log");
+    let old_log = std::fs::read_to_string(&rotated).expect("rotated access log");
+    assert!(old_log.contains("path=/before-rotation"), "{old_log}");
+    assert!(!old_log.contains("/after-rotation"), "{old_log}");
+    assert!(!new_log.contains("/before-rotation"), "{new_log}");
+    assert!(
+        proxy.stderr().contains("access log reopened"),
+        "{}",
+        proxy.stderr_tail()
+    );
+
+    proxy.stop_sigterm();
+    assert!(proxy.wait_exit(Duration::from_secs(10)).success());
+}

@@ -6,6 +6,8 @@
 //! spawns and joins. Everything that can fail is tried before the first worker starts, and
 //! every problem is a [`StartError`].
 //!
+//! SIGHUP reopens the access log (log rotation) and changes nothing else; reload is not built.
+//!
 //! Shutdown: the first SIGTERM/SIGINT starts a drain: every worker stops accepting (its
 //! listening sockets are shut down, so new connections are refused), idle connections close,
 //! and in-flight requests may finish until `--drain-timeout`. A second signal exits at once.
@@ -29,8 +31,9 @@ use tokio::sync::watch;
 
 pub use start_error::{StartError, StartErrors};
 
+use crate::accesslog::Sink;
 use crate::backend;
-use crate::config::{Config, Listener};
+use crate::config::{AccessLogDest, Config, Listener};
 use crate::metrics::{self, Readiness};
 use crate::net::{self, listener::bind_reuseport};
 use crate::proxy::ctx::Shared;
@@ -58,7 +61,8 @@ pub fn run(cfg: Config) -> Result<(), StartErrors> {
     )
     .map_err(|e| StartError::new("health check thread", e))?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    spawn_signal_thread(stop_tx, lifecycle.clone())?;
+    let reopen = (sink.clone(), cfg.access_log.clone());
+    spawn_signal_thread(stop_tx, lifecycle.clone(), reopen)?;
 
     let (started_tx, started_rx) = std::sync::mpsc::channel();
     let mut threads = Vec::with_capacity(cfg.workers);
@@ -228,18 +232,29 @@ impl Readiness for Lifecycle {
     }
 }
 
+/// SIGTERM/SIGINT: the first starts the drain, a second exits at once. SIGHUP reopens the
+/// access log (log rotation) and changes nothing else: a configuration reload is not built yet,
+/// and a HUP must not kill the proxy the way the default action would.
 fn spawn_signal_thread(
     stop: watch::Sender<bool>,
     lifecycle: Arc<Lifecycle>,
+    (sink, dest): (Sink, AccessLogDest),
 ) -> Result<(), StartError> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(|e| StartError::new("signal handler", e))?;
     std::thread::Builder::new()
         .name("kcd-signals".into())
         .spawn(move || {
             let mut seen = 0;
             for sig in signals.forever() {
+                if sig == SIGHUP {
+                    match sink.reopen(&dest) {
+                        Ok(()) => tracing::info!("SIGHUP: access log reopened"),
+                        Err(e) => tracing::warn!(error = %e, "SIGHUP: reopening the access log"),
+                    }
+                    continue;
+                }
                 seen += 1;
                 if seen == 1 {
                     lifecycle.draining();
