@@ -114,6 +114,11 @@ impl BackendSets {
     /// The hashed choice for `h`, other than `skip`: see [`pick_by`](Self::pick_by).
     fn hashed(&self, route: usize, h: u64, skip: Option<usize>) -> Option<Rc<Backend>> {
         let list = &self.sets[route];
+        let primary = (h % list.len() as u64) as usize;
+        // The common case, on every RPC request: its server is up (no allocation, no clock).
+        if Some(primary) != skip && self.health.admit(route, primary) {
+            return Some(list[primary].clone());
+        }
         let states: Vec<State> = (0..list.len())
             .map(|b| {
                 if Some(b) == skip {
@@ -123,10 +128,6 @@ impl BackendSets {
                 }
             })
             .collect();
-        let primary = (h % list.len() as u64) as usize;
-        if states[primary] != State::Down && self.health.admit(route, primary) {
-            return Some(list[primary].clone());
-        }
         if let Some(b) = fallback(h, primary, &states) {
             return Some(list[b].clone());
         }
